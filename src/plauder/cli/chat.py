@@ -1,0 +1,230 @@
+"""Account and chat commands: register, verify, send, receive and the rest."""
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import os
+from typing import Any
+
+import segno
+
+from plauder.cli.output import Printer, fail
+from plauder.client import Client, ClientError
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register the account and chat subcommands."""
+    add = functools.partial(sub.add_parser, parents=[common])
+    p = add("register", help="ask for a verification code for your number")
+    p.add_argument("--server", action="append", required=True, help="server URL (repeatable)")
+    p.set_defaults(run=register)
+
+    p = add("verify", help="finish registration with the code you received")
+    p.add_argument("code")
+    p.set_defaults(run=verify)
+
+    p = add("send", help="send an end-to-end encrypted message")
+    p.add_argument("-m", "--message", required=True, help="the text")
+    p.add_argument("recipient", help="the recipient's number")
+    p.set_defaults(run=send)
+
+    p = add(
+        "receive",
+        help="receive messages and receipts (exits when the queue is empty)",
+        description="Receive what is queued, send delivered receipts, print everything. "
+        "Exits when the queue is empty, unless --timeout or --follow.",
+    )
+    p.add_argument("--timeout", type=float, help="keep receiving this many seconds")
+    p.add_argument("--follow", action="store_true", help="keep receiving until interrupted")
+    p.set_defaults(run=receive)
+
+    p = add("mark-read", help="mark a chat read and send read receipts")
+    p.add_argument("contact")
+    p.set_defaults(run=mark_read)
+
+    p = add("history", help="show a chat's history from this device")
+    p.add_argument("contact")
+    p.add_argument("-n", "--limit", type=int, default=50)
+    p.set_defaults(run=history)
+
+    p = add("safety-number", help="show the safety number and QR code with a contact")
+    p.add_argument("contact")
+    p.add_argument("--no-qr", action="store_true", help="digits only")
+    p.set_defaults(run=safety)
+
+    p = add("whoami", help="show this profile's number, device and servers")
+    p.set_defaults(run=whoami)
+
+    p = add("privacy", help="who may see when you are online and were last seen")
+    p.add_argument("last_seen", choices=["everyone", "nobody"])
+    p.set_defaults(run=privacy)
+
+    for name in (
+        "register",
+        "verify",
+        "send",
+        "receive",
+        "mark-read",
+        "history",
+        "safety-number",
+        "whoami",
+        "privacy",
+    ):
+        sub.choices[name].set_defaults(is_async=True)
+
+
+def _client(args: argparse.Namespace, **kw: Any) -> Client:
+    if not args.account:
+        raise ClientError("say which account: plauder -a +4915... COMMAND")
+    profile = args.config_dir / args.account.replace("+", "")
+    return Client(profile, args.account, passphrase=os.environ.get("PLAUDER_PASSPHRASE"), **kw)
+
+
+async def register(args: argparse.Namespace) -> int:
+    """Request a verification code."""
+    client = _client(args)
+    try:
+        await client.request_code(args.server)
+    finally:
+        await client.close()
+    Printer(args.json).emit(
+        "code_sent",
+        f"A verification code was sent to {client.number}.\n"
+        f"Finish with: plauder -a {client.number} verify CODE",
+        number=client.number,
+    )
+    return 0
+
+
+async def verify(args: argparse.Namespace) -> int:
+    """Verify the code and create this device's keys."""
+    client = _client(args)
+    try:
+        device_id = await client.verify(args.code)
+    finally:
+        await client.close()
+    Printer(args.json).emit(
+        "registered",
+        f"Registered {client.number} (device {device_id}).",
+        number=client.number,
+        device_id=device_id,
+    )
+    return 0
+
+
+async def send(args: argparse.Namespace) -> int:
+    """Send one text message and wait for the server's tick."""
+    client = _client(args)
+    try:
+        await client.start(receive=False)
+        mid = await client.send_text(args.recipient, args.message)
+    finally:
+        await client.close()
+    Printer(args.json).emit(
+        "sent", f"✓ sent to {args.recipient} ({mid})", id=mid, recipient=args.recipient
+    )
+    return 0
+
+
+async def receive(args: argparse.Namespace) -> int:
+    """Print events until the queue is empty (or the timeout, or for ever)."""
+    out = Printer(args.json)
+    client = _client(args)
+    try:
+        await client.start(receive=True)
+        if args.follow or args.timeout:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if args.follow else args.timeout):
+                    async for ev in client.events():
+                        out.event(ev)
+        else:
+            await client.wait_idle(timeout=120.0)
+        for ev in client.pending_events():
+            out.event(ev)
+    finally:
+        await client.close()
+    return 0
+
+
+async def mark_read(args: argparse.Namespace) -> int:
+    """Send read receipts for a chat."""
+    client = _client(args)
+    try:
+        await client.start(receive=False)
+        ids = await client.mark_read(args.contact)
+    finally:
+        await client.close()
+    Printer(args.json).emit(
+        "marked_read", f"{len(ids)} message(s) from {args.contact} marked read", ids=ids
+    )
+    return 0
+
+
+async def history(args: argparse.Namespace) -> int:
+    """Print the local history of a chat."""
+    client = _client(args)
+    try:
+        Printer(args.json).history(client.history(args.contact, args.limit))
+    finally:
+        await client.close()
+    return 0
+
+
+async def safety(args: argparse.Namespace) -> int:
+    """Print the safety number (and QR code) with a contact."""
+    client = _client(args)
+    try:
+        if client.store.contact_key(args.contact) is None:
+            await client.start(receive=False)
+        digits, payload = await client.safety_number(args.contact)
+    finally:
+        await client.close()
+    out = Printer(args.json)
+    out.emit(
+        "safety_number",
+        f"Safety number with {args.contact}:\n{digits}\n"
+        "Compare it with your contact in person or over a call.",
+        contact=args.contact,
+        digits=digits.replace(" ", ""),
+        qr=payload,
+    )
+    if not args.json and not args.no_qr:
+        segno.make(payload, error="m").terminal(compact=True)
+    return 0
+
+
+async def whoami(args: argparse.Namespace) -> int:
+    """Print the profile's number, device and servers."""
+    client = _client(args)
+    try:
+        if not client.registered:
+            fail(f"{client.number} is not registered on this device")
+            return 1
+        key = client.account_key.public_key
+        Printer(args.json).emit(
+            "whoami",
+            f"{client.number}, device {client.device_id}\n"
+            f"servers: {' '.join(client.servers)}\naccount key: {key}",
+            number=client.number,
+            device_id=client.device_id,
+            servers=client.servers,
+            account_key=key,
+        )
+    finally:
+        await client.close()
+    return 0
+
+
+async def privacy(args: argparse.Namespace) -> int:
+    """Change who may see presence and last seen."""
+    client = _client(args)
+    try:
+        await client.start(receive=False)
+        await client.set_presence_visible(args.last_seen == "everyone")
+    finally:
+        await client.close()
+    Printer(args.json).emit(
+        "privacy", f"last seen and online: {args.last_seen}", last_seen=args.last_seen
+    )
+    return 0

@@ -1,0 +1,117 @@
+"""How the CLI prints events and results: text for people, JSON lines for scripts."""
+
+import json
+import sys
+import time
+from typing import Any
+
+from plauder.client import (
+    DecryptionError,
+    Event,
+    IdentityChanged,
+    MessageReceived,
+    PresenceChanged,
+    ReceiptReceived,
+    TypingChanged,
+)
+from plauder.client.store import HistoryEntry
+
+TICKS = {"pending": "…", "sent": "✓", "delivered": "✓✓", "read": "✓✓ read", "failed": "✗ failed"}
+
+
+def when(ms: int | None) -> str:
+    """A local date and time for a timestamp in milliseconds."""
+    if ms is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+class Printer:
+    """Writes results as text or as one JSON object per line."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def emit(self, kind: str, text: str, **fields: Any) -> None:
+        """One result: `text` for people, `{"type": kind, **fields}` for scripts."""
+        if self.as_json:
+            print(json.dumps({"type": kind, **fields}, ensure_ascii=False), flush=True)
+        else:
+            print(text, flush=True)
+
+    def event(self, ev: Event) -> None:
+        """Print an SDK event."""
+        match ev:
+            case MessageReceived():
+                self.emit(
+                    "message",
+                    f"[{when(ev.server_ts)}] {ev.sender}: {ev.body}",
+                    id=ev.id,
+                    sender=ev.sender,
+                    body=ev.body,
+                    ts=ev.ts,
+                    server_ts=ev.server_ts,
+                )
+            case ReceiptReceived():
+                verb = "read by" if ev.status == "read" else "delivered to"
+                ids = ", ".join(ev.ids)
+                self.emit(
+                    "receipt",
+                    f"{TICKS[ev.status]} {verb} {ev.sender}: {ids}",
+                    sender=ev.sender,
+                    status=ev.status,
+                    ids=list(ev.ids),
+                )
+            case TypingChanged():
+                state = "is typing…" if ev.active else "stopped typing"
+                self.emit("typing", f"{ev.sender} {state}", sender=ev.sender, active=ev.active)
+            case PresenceChanged():
+                state = "online" if ev.online else f"last seen {when(ev.last_seen)}"
+                self.emit(
+                    "presence",
+                    f"{ev.number} is {state}",
+                    number=ev.number,
+                    online=ev.online,
+                    last_seen=ev.last_seen,
+                )
+            case IdentityChanged():
+                self.emit(
+                    "identity_changed",
+                    f"WARNING: the safety number with {ev.number} has changed. They may have "
+                    f"reinstalled plauder, or someone may be intercepting. Compare it: "
+                    f"plauder safety-number {ev.number}",
+                    number=ev.number,
+                    old_key=ev.old_key,
+                    new_key=ev.new_key,
+                )
+            case DecryptionError():
+                self.emit(
+                    "error",
+                    f"could not read a message from {ev.sender}: {ev.reason}",
+                    sender=ev.sender,
+                    device=ev.sender_device,
+                    reason=ev.reason,
+                )
+
+    def history(self, entries: list[HistoryEntry]) -> None:
+        """Print a chat's history."""
+        for e in entries:
+            who = "you" if e.outgoing else e.sender
+            tick = f"  {TICKS.get(e.status, '')}" if e.outgoing else ""
+            self.emit(
+                "history",
+                f"[{when(e.server_ts or e.ts)}] {who}: {e.body}{tick}",
+                id=e.id,
+                chat=e.chat,
+                outgoing=e.outgoing,
+                sender=e.sender,
+                body=e.body,
+                ts=e.ts,
+                server_ts=e.server_ts,
+                status=e.status,
+            )
+
+
+def fail(message: str) -> None:
+    """Print an error for people on standard error."""
+    print(f"plauder: {message}", file=sys.stderr, flush=True)

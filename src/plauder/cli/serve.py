@@ -1,0 +1,42 @@
+"""`plauder serve`: run a server."""
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from plauder.server import app
+from plauder.server.config import Config, load_config, option_names
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register the `serve` subcommand."""
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="run a plauder server",
+        description="Run a server. Options: flags > PLAUDER_* environment > TOML file > defaults.",
+    )
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    p.add_argument("--data", type=Path, help="data folder (default ./plauder-data)")
+    p.add_argument("--config", type=Path, help="TOML file with options (env PLAUDER_CONFIG)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other option, e.g. --set sms_sender=http; options: "
+        + ", ".join(n for n in option_names() if n not in ("host", "port", "data")),
+    )
+    p.set_defaults(run=run, is_async=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the configuration and serve until stopped."""
+    flags: dict[str, Any] = {"host": args.host, "port": args.port, "data": args.data}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        flags[name.strip()] = value
+    config: Config = load_config(flags, config_file=args.config)
+    app.run(config)
+    return 0

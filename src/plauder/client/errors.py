@@ -1,0 +1,36 @@
+"""Exceptions the SDK raises."""
+
+from plauder.errors import PlauderError
+
+
+class ClientError(PlauderError):
+    """Base of the SDK's errors."""
+
+
+class ServerError(ClientError):
+    """The server answered a request with an error frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} ({code})")
+        self.code = code
+        self.message = message
+
+
+class ConnectionLost(ClientError):
+    """The connection closed before the server answered."""
+
+
+class NotConnected(ClientError):
+    """No server could be reached in time."""
+
+
+class NotRegistered(ClientError):
+    """The profile has no registered device yet: register and verify first."""
+
+
+class UnknownContact(ClientError):
+    """No account has this number."""
+
+
+class UntrustedDevices(ClientError):
+    """A contact's device list is not signed by their account key: nothing was sent."""

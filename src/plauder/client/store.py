@@ -1,0 +1,316 @@
+"""The client's local store: keys, sessions, contacts, history and outbox, sealed at rest."""
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from plauder.crypto import StoreCipher
+from plauder.protocol.frames import DeviceKeys
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS contacts (
+    number TEXT PRIMARY KEY, account_key TEXT NOT NULL, verified INTEGER NOT NULL DEFAULT 0,
+    first_seen INTEGER NOT NULL, changed INTEGER);
+CREATE TABLE IF NOT EXISTS devices (
+    number TEXT NOT NULL, device_id INTEGER NOT NULL, identity_key TEXT NOT NULL,
+    signing_key TEXT NOT NULL, signature TEXT NOT NULL, PRIMARY KEY (number, device_id));
+CREATE TABLE IF NOT EXISTS sessions (identity_key TEXT PRIMARY KEY, pickles TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT NOT NULL, chat TEXT NOT NULL, outgoing INTEGER NOT NULL, sender TEXT NOT NULL,
+    body BLOB NOT NULL, ts INTEGER NOT NULL, server_ts INTEGER, status TEXT NOT NULL,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, UNIQUE (sender, id));
+CREATE INDEX IF NOT EXISTS messages_by_chat ON messages (chat, seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    cmid BLOB PRIMARY KEY, chat TEXT NOT NULL, content BLOB NOT NULL, frame BLOB NOT NULL,
+    created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (digest BLOB PRIMARY KEY, ts INTEGER NOT NULL);
+"""
+
+STATUS_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3, "failed": -1}
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One message in a chat's history."""
+
+    id: str
+    chat: str
+    outgoing: bool
+    sender: str
+    body: str
+    ts: int
+    server_ts: int | None
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A send the server has not acknowledged yet."""
+
+    cmid: bytes
+    chat: str
+    content: bytes  # the plaintext document, to encrypt again if devices changed
+    frame: bytes  # the encoded `send` frame
+
+
+class LocalStore:
+    """A SQLite file holding everything a device remembers; secrets are sealed."""
+
+    def __init__(self, path: Path, cipher: StoreCipher) -> None:
+        self.cipher = cipher
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._depth = 0
+        verifier = self._get("verifier")
+        if verifier is None:
+            self._put("verifier", cipher.verifier())
+        else:
+            cipher.check(verifier)
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes so that they land together or not at all."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    # --- meta ----------------------------------------------------------------------------
+
+    def _get(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _put(self, key: str, value: bytes) -> None:
+        self._db.execute(
+            "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            (key, value),
+        )
+
+    def get_secret(self, key: str) -> bytes | None:
+        """A sealed value, opened."""
+        sealed = self._get(key)
+        return None if sealed is None else self.cipher.open(sealed, key.encode())
+
+    def put_secret(self, key: str, value: bytes) -> None:
+        """Seal and store a value."""
+        self._put(key, self.cipher.seal(value, key.encode()))
+
+    def get_setting(self, key: str) -> str | None:
+        """A plain setting (not secret)."""
+        value = self._get("setting:" + key)
+        return None if value is None else value.decode()
+
+    def put_setting(self, key: str, value: str) -> None:
+        """Store a plain setting."""
+        self._put("setting:" + key, value.encode())
+
+    # --- contacts and devices ------------------------------------------------------------
+
+    def contact_key(self, number: str) -> str | None:
+        """The account key we trust for a contact."""
+        row = self._db.execute(
+            "SELECT account_key FROM contacts WHERE number = ?", (number,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_contact_key(self, number: str, key: str, now: int) -> None:
+        """Record a contact's account key (first use, or a change)."""
+        self._db.execute(
+            "INSERT INTO contacts (number, account_key, first_seen) VALUES (?, ?, ?) "
+            "ON CONFLICT (number) DO UPDATE SET account_key = excluded.account_key, "
+            "changed = ?, verified = 0",
+            (number, key, now, now),
+        )
+
+    def devices(self, number: str) -> list[DeviceKeys]:
+        """A contact's verified devices as last fetched."""
+        rows = self._db.execute(
+            "SELECT device_id, identity_key, signing_key, signature FROM devices "
+            "WHERE number = ? ORDER BY device_id",
+            (number,),
+        ).fetchall()
+        return [
+            DeviceKeys(device_id=r[0], identity_key=r[1], signing_key=r[2], signature=r[3])
+            for r in rows
+        ]
+
+    def set_devices(self, number: str, devices: list[DeviceKeys]) -> None:
+        """Replace a contact's device list."""
+        with self.transaction():
+            self._db.execute("DELETE FROM devices WHERE number = ?", (number,))
+            self._db.executemany(
+                "INSERT INTO devices (number, device_id, identity_key, signing_key, signature) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (number, d.device_id, d.identity_key, d.signing_key, d.signature)
+                    for d in devices
+                ],
+            )
+
+    # --- sessions ------------------------------------------------------------------------
+
+    def sessions(self, identity_key: str) -> list[str]:
+        """Pickled Olm sessions with a peer device."""
+        row = self._db.execute(
+            "SELECT pickles FROM sessions WHERE identity_key = ?", (identity_key,)
+        ).fetchone()
+        return [] if row is None else list(json.loads(row[0]))
+
+    def set_sessions(self, identity_key: str, pickles: list[str]) -> None:
+        """Store pickled Olm sessions with a peer device."""
+        self._db.execute(
+            "INSERT INTO sessions (identity_key, pickles) VALUES (?, ?) "
+            "ON CONFLICT (identity_key) DO UPDATE SET pickles = excluded.pickles",
+            (identity_key, json.dumps(pickles)),
+        )
+
+    # --- messages ------------------------------------------------------------------------
+
+    def add_message(
+        self,
+        *,
+        id: str,
+        chat: str,
+        outgoing: bool,
+        sender: str,
+        body: str,
+        ts: int,
+        server_ts: int | None,
+        status: str,
+    ) -> bool:
+        """Add a message; False if one with the same sender and id exists already."""
+        sealed = self.cipher.seal(body.encode(), f"{sender}/{id}".encode())
+        cur = self._db.execute(
+            "INSERT INTO messages (id, chat, outgoing, sender, body, ts, server_ts, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (id, chat, int(outgoing), sender, sealed, ts, server_ts, status),
+        )
+        return cur.rowcount == 1
+
+    def set_status(self, sender: str, ids: list[str], status: str) -> list[str]:
+        """Move messages forward to a status (never back); returns the ids that moved."""
+        moved = []
+        rank = STATUS_RANK[status]
+        for mid in ids:
+            row = self._db.execute(
+                "SELECT status FROM messages WHERE sender = ? AND id = ?", (sender, mid)
+            ).fetchone()
+            if row is not None and STATUS_RANK.get(row[0], 0) < rank:
+                self._db.execute(
+                    "UPDATE messages SET status = ? WHERE sender = ? AND id = ?",
+                    (status, sender, mid),
+                )
+                moved.append(mid)
+        return moved
+
+    def set_server_ts(self, sender: str, mid: str, server_ts: int) -> None:
+        """Record when the server stored an outgoing message."""
+        self._db.execute(
+            "UPDATE messages SET server_ts = ? WHERE sender = ? AND id = ?",
+            (server_ts, sender, mid),
+        )
+
+    def history(self, chat: str, limit: int = 50) -> list[HistoryEntry]:
+        """The last messages of a chat, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, chat, outgoing, sender, body, ts, server_ts, status FROM messages "
+            "WHERE chat = ? ORDER BY seq DESC LIMIT ?",
+            (chat, limit),
+        ).fetchall()
+        return [
+            HistoryEntry(
+                id=r[0],
+                chat=r[1],
+                outgoing=bool(r[2]),
+                sender=r[3],
+                body=self.cipher.open(r[4], f"{r[3]}/{r[0]}".encode()).decode(),
+                ts=r[5],
+                server_ts=r[6],
+                status=r[7],
+            )
+            for r in reversed(rows)
+        ]
+
+    def unread(self, chat: str) -> list[str]:
+        """Ids of received messages in a chat not yet marked read."""
+        rows = self._db.execute(
+            "SELECT id FROM messages WHERE chat = ? AND outgoing = 0 AND status != 'read' "
+            "ORDER BY seq",
+            (chat,),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def chats(self) -> list[str]:
+        """Numbers with a history."""
+        rows = self._db.execute("SELECT DISTINCT chat FROM messages ORDER BY chat").fetchall()
+        return [r[0] for r in rows]
+
+    # --- outbox and dedup ----------------------------------------------------------------
+
+    def put_outbox(self, entry: OutboxEntry, now: int) -> None:
+        """Remember a send until the server acknowledges it."""
+        sealed = self.cipher.seal(entry.content, b"outbox/" + entry.cmid)
+        self._db.execute(
+            "INSERT INTO outbox (cmid, chat, content, frame, created) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (cmid) DO UPDATE SET frame = excluded.frame",
+            (entry.cmid, entry.chat, sealed, entry.frame, now),
+        )
+
+    def remove_outbox(self, cmid: bytes) -> None:
+        """The server acknowledged a send."""
+        self._db.execute("DELETE FROM outbox WHERE cmid = ?", (cmid,))
+
+    def outbox(self) -> list[OutboxEntry]:
+        """Sends waiting for the server, oldest first."""
+        rows = self._db.execute(
+            "SELECT cmid, chat, content, frame FROM outbox ORDER BY created, rowid"
+        ).fetchall()
+        return [
+            OutboxEntry(
+                bytes(r[0]),
+                r[1],
+                self.cipher.open(bytes(r[2]), b"outbox/" + bytes(r[0])),
+                bytes(r[3]),
+            )
+            for r in rows
+        ]
+
+    def seen(self, digest: bytes) -> bool:
+        """Whether an envelope with this digest was processed already."""
+        return (
+            self._db.execute("SELECT 1 FROM seen WHERE digest = ?", (digest,)).fetchone()
+            is not None
+        )
+
+    def add_seen(self, digest: bytes, now: int) -> None:
+        """Record a processed envelope, forgetting ones older than 30 days."""
+        self._db.execute("INSERT OR IGNORE INTO seen (digest, ts) VALUES (?, ?)", (digest, now))
+
+    def prune_seen(self, now: int) -> None:
+        """Forget processed envelopes older than the server keeps any (30 days)."""
+        self._db.execute("DELETE FROM seen WHERE ts < ?", (now - 31 * 86_400_000,))

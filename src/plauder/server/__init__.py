@@ -1,0 +1,1 @@
+"""The plauder server: gateway, services, router and storage."""

@@ -1,0 +1,148 @@
+"""The composition root: builds every server object once and runs the server."""
+
+import asyncio
+import contextlib
+import logging
+import resource
+import signal
+import sys
+
+from aiohttp import web
+
+from plauder.clock import Clock, SystemClock
+from plauder.server import http
+from plauder.server.accounts import Accounts
+from plauder.server.config import Config
+from plauder.server.errors import StorageError
+from plauder.server.gateway import Gateway
+from plauder.server.keys import Keys
+from plauder.server.messages import Messages
+from plauder.server.metrics import Metrics
+from plauder.server.presence import PresenceService
+from plauder.server.router import LocalRouter
+from plauder.server.sms import CodeSender, ConsoleSender, HttpSender
+from plauder.server.storage.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    """One plauder server process: storage, services, gateway and HTTP site."""
+
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self.store = SqliteStore(config.database_path, config.sqlite_synchronous)
+        self.sender: CodeSender = (
+            HttpSender(config.sms_http_url) if config.sms_sender == "http" else ConsoleSender()
+        )
+        self.router = LocalRouter()
+        self.presence = PresenceService(self.store, self.clock)
+        self.gateway = Gateway(
+            config=config,
+            clock=self.clock,
+            store=self.store,
+            router=self.router,
+            accounts=Accounts(self.store, self.sender, self.clock, config),
+            keys=Keys(self.store, config),
+            messages=Messages(self.store, self.router, self.clock, config, self.metrics),
+            presence=self.presence,
+            metrics=self.metrics,
+        )
+        self.app = web.Application()
+        self.app.router.add_get("/v1/ws", self.gateway.handle)
+        self.app.add_routes(http.routes(self.metrics, self._store_metrics))
+        self._runner: web.AppRunner | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.port = 0
+
+    def _store_metrics(self) -> dict[str, int]:
+        return {
+            "db_batches": self.store.batches,
+            "db_operations": self.store.operations,
+            "devices_connected": len(self.router),
+        }
+
+    async def start(self) -> None:
+        """Open storage and start listening."""
+        await self.store.start()
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.config.shutdown_timeout_seconds,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, self.config.host, self.config.port, backlog=self.config.backlog
+        )
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.config.port
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        """Stop accepting, finish running requests, close connections and storage."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.gateway.shutdown()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.sender.close()
+        await self.store.close()
+
+    async def _sweep_forever(self) -> None:
+        ttl_ms = self.config.envelope_ttl_days * 86_400_000
+        while True:
+            try:
+                n = await self.store.sweep(self.clock.now_ms(), ttl_ms)
+                if n:
+                    log.info("swept %d expired envelopes", n)
+            except StorageError as exc:
+                log.warning("sweep failed: %s", exc)
+            await asyncio.sleep(self.config.sweep_interval_seconds)
+
+
+def raise_file_limit() -> None:
+    """Raise the soft limit on open files to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve(config: Config) -> None:
+    """Run a server until SIGTERM or SIGINT, then shut down gracefully."""
+    server = Server(config)
+    await server.start()
+    url = f"http://{config.host}:{server.port}"
+    print(f"plauder: listening on {url} (data in {config.data})", flush=True)
+    if config.sms_sender == "console":
+        print(
+            f"plauder: register with: plauder -a +4915100000001 register --server {url}\n"
+            "plauder: verification codes appear here (console sender)",
+            flush=True,
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("plauder: shutting down", flush=True)
+    await server.stop()
+    print("plauder: stopped", flush=True)
+
+
+def run(config: Config) -> None:
+    """Entry point of `plauder serve`."""
+    raise_file_limit()
+    runner_factory = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        runner_factory = uvloop.new_event_loop
+    if sys.platform == "win32":  # pragma: no cover
+        runner_factory = None
+    with asyncio.Runner(loop_factory=runner_factory) as runner:
+        runner.run(serve(config))

@@ -1,0 +1,157 @@
+"""Server configuration: flags > PLAUDER_* environment > TOML file > defaults."""
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from plauder.errors import PlauderError
+from plauder.protocol.limits import Limits
+
+
+class ConfigError(PlauderError):
+    """The configuration is invalid; the message names the option."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Every server option, validated at start-up."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data: Path = Path("plauder-data")
+    log_level: str = "info"
+    log_format: str = "text"  # text | json
+    # verification codes
+    sms_sender: str = "console"  # console | http
+    sms_http_url: str = ""
+    code_ttl_seconds: int = 600
+    code_attempts: int = 5
+    codes_per_number_per_hour: int = 5
+    code_requests_per_connection: int = 3
+    # limits
+    max_frame_bytes: int = 256 * 1024
+    max_envelopes_per_send: int = 64
+    max_body_bytes: int = 64 * 1024
+    max_keys_per_upload: int = 100
+    keys_low_threshold: int = 10
+    requests_per_second: float = 200.0
+    request_burst: int = 400
+    auth_timeout_seconds: float = 30.0
+    max_bad_frames: int = 20
+    delivery_window: int = 500
+    # retention
+    envelope_ttl_days: int = 30
+    sweep_interval_seconds: float = 3600.0
+    # storage
+    sqlite_synchronous: str = "full"  # full | normal
+    backlog: int = 4096
+    shutdown_timeout_seconds: float = 10.0
+
+    @property
+    def limits(self) -> Limits:
+        """The limits announced to clients in `welcome`."""
+        return Limits(
+            max_frame_bytes=self.max_frame_bytes,
+            max_envelopes_per_send=self.max_envelopes_per_send,
+            max_body_bytes=self.max_body_bytes,
+            max_keys_per_upload=self.max_keys_per_upload,
+            keys_low_threshold=self.keys_low_threshold,
+        )
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite database file inside the data folder."""
+        return self.data / "plauder.db"
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "log_level": ("debug", "info", "warning", "error"),
+    "log_format": ("text", "json"),
+    "sms_sender": ("console", "http"),
+    "sqlite_synchronous": ("full", "normal"),
+}
+
+
+_POSITIVE = (
+    "max_frame_bytes",
+    "max_envelopes_per_send",
+    "max_body_bytes",
+    "max_keys_per_upload",
+    "code_ttl_seconds",
+    "code_attempts",
+    "requests_per_second",
+    "request_burst",
+    "delivery_window",
+    "envelope_ttl_days",
+)
+
+
+def option_names() -> list[str]:
+    """Names of all options, as used in TOML and (upper-cased) in PLAUDER_* variables."""
+    return [f.name for f in fields(Config)]
+
+
+def load_config(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Config:
+    """Merge the sources in precedence order and validate the result."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = config_file or (Path(env["PLAUDER_CONFIG"]) if env.get("PLAUDER_CONFIG") else None)
+    if path is not None:
+        try:
+            values.update(tomllib.loads(path.read_text(encoding="utf-8")))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    for name in option_names():
+        raw = env.get("PLAUDER_" + name.upper())
+        if raw is not None:
+            values[name] = raw
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return _build(values)
+
+
+def _build(values: dict[str, Any]) -> Config:
+    known = {f.name: f for f in fields(Config)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+    defaults = Config()
+    converted: dict[str, Any] = {}
+    for name, raw in values.items():
+        converted[name] = _convert(name, raw, type(getattr(defaults, name)))
+    config = dataclasses.replace(defaults, **converted)
+    _validate(config)
+    return config
+
+
+def _convert(name: str, raw: Any, kind: type) -> Any:
+    try:
+        if kind is bool and isinstance(raw, str):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if kind is Path:
+            return Path(str(raw))
+        if kind in (int, float, str):
+            return kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"option {name}: {raw!r} is not a valid {kind.__name__}") from exc
+    return raw
+
+
+def _validate(config: Config) -> None:
+    for name, choices in _CHOICES.items():
+        if getattr(config, name) not in choices:
+            raise ConfigError(f"option {name} must be one of {', '.join(choices)}")
+    if not 0 <= config.port <= 65535:
+        raise ConfigError("option port must be between 0 and 65535")
+    if config.sms_sender == "http" and not config.sms_http_url:
+        raise ConfigError("option sms_http_url is required with sms_sender = 'http'")
+    for name in _POSITIVE:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"option {name} must be positive")

@@ -1,0 +1,122 @@
+"""A device's feed: queued envelopes first, then live ones, in order, within a window."""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from plauder.protocol import codec
+from plauder.protocol.frames import Drained, Envelope
+from plauder.server.storage import Store
+
+log = logging.getLogger(__name__)
+
+PAGE = 100
+
+
+class DeviceFeed:
+    """Pushes one device's envelopes over its connection and tracks what is unacked.
+
+    In catch-up mode a pump reads pages from the store; once a page comes back
+    short and nothing new arrived meanwhile, the feed goes live and new
+    envelopes are pushed straight from memory. A full window, or a slow
+    connection, sends it back to catch-up (whose pump waits for the socket to
+    drain, so a sender never waits for a slow receiver): the store always
+    holds the truth.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        device_pk: int,
+        send: Callable[[bytes], Awaitable[bool]],
+        writable: Callable[[], bool],
+        window: int,
+    ) -> None:
+        self._store = store
+        self._device_pk = device_pk
+        self._send = send
+        self._writable = writable
+        self._window = window
+        self._last_eid = 0
+        self._unacked: set[int] = set()
+        self._live = False
+        self._dirty = False
+        self._drained_sent = False
+        self._pump: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        """Begin pushing what is queued."""
+        self._kick()
+
+    def close(self) -> None:
+        """Stop pushing."""
+        self._closed = True
+        if self._pump is not None:
+            self._pump.cancel()
+
+    @property
+    def unacked(self) -> int:
+        """Envelopes pushed but not yet acknowledged."""
+        return len(self._unacked)
+
+    async def offer(self, eid: int, data: bytes) -> None:
+        """A new envelope was stored: push it now if live, else the pump will."""
+        if self._closed or eid <= self._last_eid:
+            return
+        if self._live and len(self._unacked) < self._window and self._writable():
+            self._last_eid = eid
+            self._unacked.add(eid)
+            if await self._send(data):
+                return
+            self._unacked.discard(eid)
+        self._live = False
+        self._dirty = True
+        self._kick()
+
+    def acked(self, eids: list[int]) -> None:
+        """The client acknowledged envelopes: free their window slots."""
+        self._unacked.difference_update(eids)
+        if not self._live:
+            self._kick()
+
+    def _kick(self) -> None:
+        if self._closed or (self._pump is not None and not self._pump.done()):
+            return
+        self._pump = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while not self._closed:
+                room = self._window - len(self._unacked)
+                if room <= 0:
+                    return  # resumed by acked()
+                self._dirty = False
+                rows = await self._store.fetch_queued(
+                    self._device_pk, self._last_eid, min(PAGE, room)
+                )
+                for row in rows:
+                    data = codec.encode(
+                        Envelope(
+                            eid=row.eid,
+                            sender=row.sender,
+                            sender_device=row.sender_device,
+                            type=row.type,
+                            body=row.body,
+                            ts=row.ts,
+                        )
+                    )
+                    self._unacked.add(row.eid)
+                    self._last_eid = row.eid
+                    if not await self._send(data):
+                        return  # the connection is closed
+                if len(rows) < min(PAGE, room) and not self._dirty:
+                    self._live = True
+                    if not self._drained_sent:
+                        self._drained_sent = True
+                        await self._send(codec.encode(Drained()))
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivery pump failed; the device will get its envelopes on reconnect")

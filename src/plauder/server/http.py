@@ -1,0 +1,19 @@
+"""The plain HTTP side of the server's port: health and metrics."""
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from plauder.server.metrics import Metrics
+
+
+def routes(metrics: Metrics, extra: Callable[[], dict[str, int]]) -> list[web.RouteDef]:
+    """Routes for /health and /metrics."""
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def prometheus(_: web.Request) -> web.Response:
+        return web.Response(text=metrics.render(extra()), content_type="text/plain")
+
+    return [web.get("/health", health), web.get("/metrics", prometheus)]
