@@ -84,7 +84,7 @@ from plauder.protocol.frames import (
 
 log = logging.getLogger(__name__)
 
-ONE_TIME_KEYS = 50
+ONE_TIME_KEYS = 40  # below vodozemac's 50 private one-time keys, with room for claimed ones
 ACK_BATCH = 100
 
 
@@ -261,7 +261,7 @@ class Client:
         while True:
             if self._fatal is not None:
                 raise self._fatal
-            if self._connected.is_set() and self._conn is not None:
+            if self._connected.is_set() and self._conn is not None and not self._conn.closed:
                 return
             waiter = asyncio.ensure_future(self._connected.wait())
             try:
@@ -325,8 +325,12 @@ class Client:
             finally:
                 self._connected.clear()
                 self._conn = None
-                if conn.close_code == CloseCode.REPLACED:
-                    log.info("this device connected elsewhere")
+            if conn.close_code == CloseCode.REPLACED:
+                self._fatal = ClientError(
+                    "this device connected again from elsewhere, or its number was "
+                    "registered again: this connection gives way"
+                )
+                return
 
     async def _authenticate(self, server: str) -> Connection:
         assert self._session is not None
@@ -356,13 +360,15 @@ class Client:
     async def _on_connected(self, conn: Connection) -> None:
         threshold = conn.welcome.limits.keys_low_threshold if conn.welcome else 10
         if self._server_keys < threshold:
-            await self._top_up_keys(conn)
+            await self._top_up_keys(conn, self._server_keys)
         for entry in self.store.outbox():
             self._spawn(self._transmit(entry))
 
-    async def _top_up_keys(self, conn: Connection) -> None:
+    async def _top_up_keys(self, conn: Connection, remaining: int) -> None:
+        if remaining >= ONE_TIME_KEYS:
+            return
         device = self._load_device()
-        keys = device.new_one_time_keys(ONE_TIME_KEYS)
+        keys = device.new_one_time_keys(ONE_TIME_KEYS - remaining)
         self._save_device()  # persist the private halves before the server hands them out
         await conn.request(UploadKeys(id=next_request_id(), one_time_keys=keys))
 
@@ -372,11 +378,24 @@ class Client:
         task.add_done_callback(self._tasks.discard)
 
     async def _request(self, frame: Any) -> ServerFrame:
-        await self.wait_connected()
-        conn = self._conn
-        if conn is None:
-            raise ConnectionLost("not connected")
-        return await conn.request(frame)
+        """Send a request, riding out reconnects until the connect timeout.
+
+        Every request is safe to repeat: sends are deduplicated by cmid, acks of
+        deleted envelopes are ignored, and the others only read or replace.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        while True:
+            await self.wait_connected(max(0.1, deadline - loop.time()))
+            conn = self._conn
+            try:
+                if conn is None:
+                    raise ConnectionLost("not connected")
+                return await conn.request(frame)
+            except ConnectionLost:
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
 
     # --- contacts, devices, sessions -----------------------------------------------------
 
@@ -657,7 +676,7 @@ class Client:
             case KeysLow():
                 conn = self._conn
                 if conn is not None:
-                    await self._top_up_keys(conn)
+                    await self._top_up_keys(conn, frame.remaining)
             case Presence():
                 self._events.put_nowait(
                     PresenceChanged(frame.number, frame.online, frame.last_seen)

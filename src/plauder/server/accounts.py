@@ -1,6 +1,7 @@
 """Accounts: verification codes and registration of an account with its first device."""
 
 import hashlib
+import hmac
 import logging
 import secrets
 
@@ -37,15 +38,19 @@ def number_or_error(number: str) -> str:
         raise ServiceError(ErrorCode.INVALID_NUMBER, str(exc)) from exc
 
 
-def _hash(number: str, code: str) -> bytes:
-    return hashlib.sha256(f"{number}:{code}".encode()).digest()
+def _hash(secret: bytes, number: str, code: str) -> bytes:
+    """Keyed hash of a code: a copy of the database alone does not reveal live codes."""
+    return hmac.new(secret, f"{number}:{code}".encode(), hashlib.sha256).digest()
 
 
 class Accounts:
     """Sends verification codes and registers verified numbers."""
 
-    def __init__(self, store: Store, sender: CodeSender, clock: Clock, config: Config) -> None:
+    def __init__(
+        self, store: Store, sender: CodeSender, clock: Clock, config: Config, secret: bytes
+    ) -> None:
         self._store = store
+        self._secret = secret
         self._sender = sender
         self._clock = clock
         self._config = config
@@ -60,7 +65,7 @@ class Accounts:
             raise ServiceError(ErrorCode.RATE_LIMITED, "too many codes for this number: wait")
         code = f"{secrets.randbelow(1_000_000):06d}"
         expires = self._clock.now_ms() + self._config.code_ttl_seconds * 1000
-        await self._store.save_code(number, _hash(number, code), expires)
+        await self._store.save_code(number, _hash(self._secret, number, code), expires)
         await self._sender.send_code(number, code)
         log.info("verification code sent")
 
@@ -82,7 +87,10 @@ class Accounts:
         if len(frame.one_time_keys) > self._config.max_keys_per_upload:
             raise ServiceError(ErrorCode.TOO_MANY_KEYS, "too many one-time keys in one upload")
         check = await self._store.check_code(
-            number, _hash(number, frame.code), self._clock.now_ms(), self._config.code_attempts
+            number,
+            _hash(self._secret, number, frame.code),
+            self._clock.now_ms(),
+            self._config.code_attempts,
         )
         if check is not CodeCheck.OK:
             code, message = _CHECK_ERRORS[check]

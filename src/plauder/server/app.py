@@ -3,14 +3,17 @@
 import asyncio
 import contextlib
 import logging
+import os
 import resource
+import secrets
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
 from plauder.clock import Clock, SystemClock
-from plauder.server import http
+from plauder.server import http, logs
 from plauder.server.accounts import Accounts
 from plauder.server.config import Config
 from plauder.server.errors import StorageError
@@ -44,7 +47,9 @@ class Server:
             clock=self.clock,
             store=self.store,
             router=self.router,
-            accounts=Accounts(self.store, self.sender, self.clock, config),
+            accounts=Accounts(
+                self.store, self.sender, self.clock, config, load_secret(config.data / "server.key")
+            ),
             keys=Keys(self.store, config),
             messages=Messages(self.store, self.router, self.clock, config, self.metrics),
             presence=self.presence,
@@ -52,7 +57,9 @@ class Server:
         )
         self.app = web.Application()
         self.app.router.add_get("/v1/ws", self.gateway.handle)
-        self.app.add_routes(http.routes(self.metrics, self._store_metrics))
+        self.app.add_routes(
+            http.routes(self.metrics, self._store_metrics, lambda: self.store.healthy)
+        )
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.port = 0
@@ -105,6 +112,21 @@ class Server:
             await asyncio.sleep(self.config.sweep_interval_seconds)
 
 
+def load_secret(path: Path) -> bytes:
+    """The server's own 32-byte secret, created (mode 0600) on first start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    secret = secrets.token_bytes(32)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+        f.flush()
+        os.fsync(f.fileno())
+    return secret
+
+
 def raise_file_limit() -> None:
     """Raise the soft limit on open files to the hard limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -136,6 +158,7 @@ async def serve(config: Config) -> None:
 
 def run(config: Config) -> None:
     """Entry point of `plauder serve`."""
+    logs.setup(config.log_level, config.log_format)
     raise_file_limit()
     runner_factory = None
     with contextlib.suppress(ImportError):

@@ -87,6 +87,13 @@ _POSITIVE = (
     "request_burst",
     "delivery_window",
     "envelope_ttl_days",
+    "codes_per_number_per_hour",
+    "code_requests_per_connection",
+    "sweep_interval_seconds",
+    "auth_timeout_seconds",
+    "max_bad_frames",
+    "backlog",
+    "shutdown_timeout_seconds",
 )
 
 

@@ -62,7 +62,17 @@ class DeviceFeed:
 
     async def offer(self, eid: int, data: bytes) -> None:
         """A new envelope was stored: push it now if live, else the pump will."""
-        if self._closed or eid <= self._last_eid:
+        if self._closed or eid in self._unacked:
+            return
+        if eid <= self._last_eid:
+            if not self._live:
+                return  # the pump's read already covered it: ids are committed in order
+            # a live offer out of commit order: read again from just before it (the
+            # client drops what it has already seen)
+            self._last_eid = eid - 1
+            self._live = False
+            self._dirty = True
+            self._kick()
             return
         if self._live and len(self._unacked) < self._window and self._writable():
             self._last_eid = eid

@@ -252,8 +252,11 @@ class Connection:
                 if self.verify_attempts > gw.config.code_attempts:
                     raise ServiceError(ErrorCode.RATE_LIMITED, "too many attempts: reconnect")
                 reg = await gw.accounts.verify(frame)
-                for device_pk in reg.removed_device_pks:
-                    await gw.router.evict(device_pk)
+                removed = set(reg.removed_device_pks)
+                for conn in [
+                    c for c in gw.connections if c.sender and c.sender.device_pk in removed
+                ]:
+                    await conn.close(CloseCode.REPLACED, "the number was registered again")
                 await self.send(Registered(id=frame.id, device_id=reg.device_id))
             case Auth():
                 await self._auth(frame)
@@ -305,8 +308,10 @@ class Connection:
             case Send():
                 gw.messages.check(frame)
                 sent, deliveries = await gw.messages.store(sender, frame)
-                await self.send(sent)
+                # route before answering: nothing may suspend between commit and routing,
+                # so envelopes reach each device's feed in commit order
                 await gw.messages.deliver(sender, sent.ts, deliveries)
+                await self.send(sent)
             case Ack():
                 count = await gw.store.ack(sender.device_pk, frame.eids)
                 gw.metrics.envelopes_acked += count

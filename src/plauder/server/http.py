@@ -7,10 +7,14 @@ from aiohttp import web
 from plauder.server.metrics import Metrics
 
 
-def routes(metrics: Metrics, extra: Callable[[], dict[str, int]]) -> list[web.RouteDef]:
+def routes(
+    metrics: Metrics, extra: Callable[[], dict[str, int]], healthy: Callable[[], bool]
+) -> list[web.RouteDef]:
     """Routes for /health and /metrics."""
 
     async def health(_: web.Request) -> web.Response:
+        if not healthy():
+            return web.json_response({"status": "storage down"}, status=503)
         return web.json_response({"status": "ok"})
 
     async def prometheus(_: web.Request) -> web.Response:

@@ -51,7 +51,7 @@ class PresenceService:
     async def set_visible(self, account_id: int, number: str, visible: bool) -> None:
         """Change who may see the account's presence, and tell watchers."""
         await self._store.set_last_seen_visible(account_id, visible)
-        await self._announce(number)
+        await self._announce(number, changed_visibility=True)
 
     async def watch(self, conn: Watcher, numbers: list[str]) -> list[bytes]:
         """Replace what conn watches; returns the current presence of each, encoded."""
@@ -79,13 +79,13 @@ class PresenceService:
             number=info.number, online=self.is_online(info.number), last_seen=info.last_seen
         )
 
-    async def _announce(self, number: str) -> None:
+    async def _announce(self, number: str, changed_visibility: bool = False) -> None:
         watchers = self._watchers.get(number)
         if not watchers:
             return
         infos = await self._store.presence_info([number])
-        if not infos:
-            return
+        if not infos or not (infos[0].last_seen_visible or changed_visibility):
+            return  # a hidden account's comings and goings cause no push at all
         data = codec.encode(self._frame(infos[0]))
         for conn in list(watchers):
             await conn.push(data)

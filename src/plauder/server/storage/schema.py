@@ -10,6 +10,7 @@ MIGRATIONS: list[list[str]] = [
             account_key TEXT NOT NULL,
             last_seen_visible BOOLEAN NOT NULL DEFAULT TRUE,
             last_seen BIGINT,
+            next_device_id INTEGER NOT NULL DEFAULT 1,
             created BIGINT NOT NULL
         )""",
         """CREATE TABLE devices (

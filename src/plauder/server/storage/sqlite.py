@@ -117,15 +117,15 @@ class SqliteStore:
                 except ServiceError as exc:
                     conn.execute("ROLLBACK TO op")
                     results.append((fut, None, exc))
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, ValueError, OverflowError, TypeError) as exc:
                     conn.execute("ROLLBACK TO op")
-                    log.exception("database operation failed")
+                    log.error("database operation failed: %s", exc)
                     results.append((fut, None, StorageError(str(exc))))
                 else:
                     results.append((fut, value, None))
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
             log.error("database transaction failed: %s", exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -135,8 +135,13 @@ class SqliteStore:
         self.operations += len(batch)
         return results
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the database thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
     async def _call(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        if self._thread is None or self._loop is None:
+        if self._thread is None or self._loop is None or not self._thread.is_alive():
             raise StorageError("store is not running")
         fut: asyncio.Future[T] = self._loop.create_future()
         self._queue.put((op, fut))
@@ -219,13 +224,26 @@ class SqliteStore:
                 c.execute(
                     "UPDATE accounts SET account_key = ? WHERE id = ?", (account_key, account_id)
                 )
+            # device ids are never reused, so contacts notice the change of devices
+            device_id = c.execute(
+                "UPDATE accounts SET next_device_id = next_device_id + 1 WHERE id = ? "
+                "RETURNING next_device_id - 1",
+                (account_id,),
+            ).fetchone()[0]
             device_pk = c.execute(
                 "INSERT INTO devices (account_id, device_id, identity_key, signing_key, "
-                "signature, created) VALUES (?, 1, ?, ?, ?, ?) RETURNING pk",
-                (account_id, device.identity_key, device.signing_key, device.signature, now_ms),
+                "signature, created) VALUES (?, ?, ?, ?, ?, ?) RETURNING pk",
+                (
+                    account_id,
+                    device_id,
+                    device.identity_key,
+                    device.signing_key,
+                    device.signature,
+                    now_ms,
+                ),
             ).fetchone()[0]
             _insert_keys(c, device_pk, one_time_keys, fallback_key)
-            return Registration(account_id, device_pk, 1, removed)
+            return Registration(account_id, device_pk, device_id, removed)
 
         return await self._call(op)
 

@@ -1,0 +1,92 @@
+"""Optional py-spy sampling of the server during a measured phase (`--profile`)."""
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from bench.workers import Args
+
+_LINE = re.compile(r"^(.*) (\d+)$")
+_FRAME_LINE = re.compile(r":\d+\)$")
+TOP = 25
+
+
+def py_spy() -> str | None:
+    """The py-spy executable (next to this Python, or on PATH), if installed."""
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+class Profiler:
+    """Records the server with `py-spy record --format raw` until stopped."""
+
+    def __init__(self, pid: int, path: Path, rate: int = 250) -> None:
+        self.pid = pid
+        self.path = path
+        self.rate = rate
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> bool:
+        """Start sampling; False if py-spy is not installed."""
+        exe = py_spy()
+        if exe is None:
+            print("bench: py-spy not found (pip install py-spy): not profiling", flush=True)
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [exe, "record", "--pid", str(self.pid), "--format", "raw", "--threads"]
+        cmd += ["--rate", str(self.rate), "--nonblocking", "-o", str(self.path)]
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return True
+
+    def stop(self) -> Args:
+        """Stop sampling (SIGINT makes py-spy write its file); the top functions."""
+        proc = self._proc
+        if proc is None:
+            return {}
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        return summarize_raw(self.path) if self.path.exists() else {}
+
+
+def _function(frame: str) -> str:
+    """`name (file:line)` without the line, and the file without its directories."""
+    frame = _FRAME_LINE.sub(")", frame)
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit('/', 1)[-1]}" if where else name
+
+
+def summarize_raw(path: Path) -> Args:
+    """Samples per thread, and the top functions by self and by inclusive samples."""
+    self_samples: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        match = _LINE.match(line)
+        if not match:
+            continue
+        stack, count = match.group(1).split(";"), int(match.group(2))
+        total += count
+        threads[stack[0]] += count
+        frames = [_function(f) for f in stack[1:]] or [stack[0]]
+        self_samples[frames[-1]] += count
+        for fn in set(frames):
+            inclusive[fn] += count
+
+    def top(counter: Counter[str]) -> list[tuple[str, float]]:
+        return [(fn, round(100 * n / total, 1)) for fn, n in counter.most_common(TOP)]
+
+    return {
+        "samples": total,
+        "threads_pct": top(threads) if total else [],
+        "self_pct": top(self_samples) if total else [],
+        "inclusive_pct": top(inclusive) if total else [],
+    }

@@ -1,0 +1,127 @@
+"""The summary table, the targets, and the JSON results file."""
+
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import cpu_count
+from bench.stats import median
+from bench.workers import Args
+
+KIB = 1024
+
+# (scenario, metric path, label, unit, target as (operator, value) or None)
+ROWS: list[tuple[str, str, str, str, tuple[str, float] | None]] = [
+    ("idle", "established", "connections held", "", None),
+    ("idle", "connect_per_s", "connect rate (hello+auth)", "conn/s", None),
+    ("idle", "rss_per_connection_kib", "server RSS per connection", "KiB", ("<=", 20.0)),
+    ("idle", "server_cpu_per_1000_connects_s", "server CPU per 1,000 connects", "s", None),
+    ("idle", "idle_server_cpu_pct", "server CPU while idle", "%", None),
+    ("idle", "ping_rtt_ms.p99", "ping p99 with all open", "ms", None),
+    ("pairs", "delivered_per_s", "delivered msgs/s (durable)", "msg/s", (">=", 10_000.0)),
+    ("pairs", "latency_ms.p50", "send->receipt p50", "ms", None),
+    ("pairs", "latency_ms.p99", "send->receipt p99", "ms", None),
+    ("pairs", "latency_ms.max", "send->receipt max", "ms", None),
+    ("pairs", "commit_latency_ms.p99", "send->sent p99", "ms", None),
+    ("pairs", "server_cpu_per_1000_msgs_s", "server CPU per 1,000 msgs", "s", None),
+    ("pairs", "server_cpu_cores", "server CPU", "cores", None),
+    ("pairs", "server_rss_mib", "server RSS", "MiB", None),
+    ("pairs", "loadgen_cpu_cores", "load generators' CPU", "cores", None),
+    ("rate", "delivered_per_s", "delivered msgs/s", "msg/s", None),
+    ("rate", "latency_ms.p50", "send->receipt p50", "ms", None),
+    ("rate", "latency_ms.p99", "send->receipt p99", "ms", ("<=", 20.0)),
+    ("rate", "latency_ms.max", "send->receipt max", "ms", None),
+    ("rate", "server_cpu_cores", "server CPU", "cores", None),
+    ("e2e", "delivered_per_s", "delivered msgs/s (SDK, Olm)", "msg/s", None),
+    ("e2e", "latency_ms.p50", "send->receipt p50", "ms", None),
+    ("e2e", "latency_ms.p99", "send->receipt p99", "ms", None),
+]
+
+
+def lookup(result: Args, path: str) -> float:
+    """A metric by dotted path; NaN if missing."""
+    value: Any = result
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return math.nan
+        value = value[part]
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _fmt(x: float) -> str:
+    if math.isnan(x):
+        return "-"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def checks(results: dict[str, list[Args]]) -> list[Args]:
+    """One row per metric: the median over repeats, each run's value, target, verdict."""
+    out = []
+    for scenario, path, label, unit, target in ROWS:
+        runs = results.get(scenario, [])
+        if not runs:
+            continue
+        values = [lookup(r, path) for r in runs]
+        value = median(v for v in values if not math.isnan(v))
+        met: bool | None = None
+        if target is not None and not math.isnan(value):
+            op, limit = target
+            met = value >= limit if op == ">=" else value <= limit
+        out.append(
+            {
+                "scenario": scenario,
+                "metric": path,
+                "label": label,
+                "unit": unit,
+                "median": value,
+                "runs": values,
+                "target": f"{target[0]} {_fmt(target[1])}" if target else "",
+                "met": met,
+            }
+        )
+    return out
+
+
+def table(rows: list[Args]) -> str:
+    """The summary as a plain-text table."""
+    header = ("scenario", "metric", "median", "unit", "runs", "target", "met")
+    lines = [header]
+    for r in rows:
+        verdict = "" if r["met"] is None else ("yes" if r["met"] else "NO")
+        runs = " ".join(_fmt(v) for v in r["runs"]) if len(r["runs"]) > 1 else ""
+        lines.append(
+            (r["scenario"], r["label"], _fmt(r["median"]), r["unit"], runs, r["target"], verdict)
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = []
+    for n, line in enumerate(lines):
+        text.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+        if n == 0:
+            text.append("  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def write_json(out_dir: Path, argv: list[str], results: dict[str, list[Args]]) -> Path:
+    """Write every figure of the run to out_dir/bench-<time>.json; returns the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    path = out_dir / f"bench-{stamp}.json"
+    doc = {
+        "command": "python -m bench.run " + " ".join(argv),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpus": cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        },
+        "checks": checks(results),
+        "results": results,
+    }
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return path

@@ -1,0 +1,157 @@
+"""`python -m bench.run [idle|pairs|e2e ...] [options]`: run scenarios, print a summary.
+
+With no scenario, the default suite runs: idle with 19,000 connections, pairs with
+1,000 clients (closed loop, then paced at 2,000 messages/s) and e2e with 10 pairs.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+from bench import report
+from bench.harness import Settings
+from bench.scenarios.e2e import E2eParams, run_e2e
+from bench.scenarios.idle import IdleParams, run_idle
+from bench.scenarios.pairs import MAX, PairsParams, run_pairs
+from bench.workers import Args, raise_file_limit
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("idle", "pairs", "e2e")
+DEFAULT_RATES = [MAX, 2000.0]
+
+
+def _rate(text: str) -> float:
+    if text.lower() == "max":
+        return MAX
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a rate is 'max' or positive messages/s")
+    return value
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line."""
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="idle, pairs, e2e (all)")
+    p.add_argument("--clients", type=int, default=1000, help="pairs: clients (half send)")
+    p.add_argument("--messages", type=int, help="pairs: per sender (200); e2e: per sender (50)")
+    p.add_argument("--in-flight", type=int, default=10, help="pairs: window per sender")
+    p.add_argument(
+        "--rate",
+        type=_rate,
+        action="append",
+        help="pairs: offered messages/s in total, or 'max' for the closed loop; repeatable",
+    )
+    p.add_argument("--duration", type=float, default=20.0, help="pairs: seconds per paced run")
+    p.add_argument("--connections", type=int, default=19_000, help="idle: connections")
+    p.add_argument("--hold", type=float, default=10.0, help="idle: seconds to hold them")
+    p.add_argument("--pairs", type=int, default=10, help="e2e: pairs of SDK clients")
+    p.add_argument("--workers", type=int, help="load-generator processes (idle 4, pairs 2)")
+    p.add_argument("--repeat", type=int, default=1, help="run each scenario this many times")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server option, as for `plauder serve --set`",
+    )
+    p.add_argument("--data-dir", type=Path, help="where the server's data folder goes")
+    p.add_argument(
+        "--server-src",
+        type=Path,
+        help="run the server from another tree's src/ folder (PYTHONPATH), to compare changes",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the server's data and log")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="record the server with py-spy during measured phases (raw stacks in --out)",
+    )
+    p.add_argument("--out", type=Path, default=ROOT / "bench-results", help="JSON results")
+    args = p.parse_args(argv)
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario(s) {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}")
+    return args
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    options = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set needs NAME=VALUE, got {item!r}")
+        options[name.strip()] = value
+    return Settings(
+        server_options=options,
+        data_dir=args.data_dir,
+        keep=args.keep,
+        profile_dir=args.out / "profiles" if args.profile else None,
+        server_src=args.server_src,
+    )
+
+
+async def run_one(name: str, args: argparse.Namespace, results: dict[str, list[Args]]) -> None:
+    """Run one scenario and add its results (pairs adds `pairs` and `rate` sections)."""
+    settings = _settings(args)
+    if name == "idle":
+        idle = IdleParams(connections=args.connections, hold=args.hold)
+        idle.workers = args.workers or idle.workers
+        results.setdefault("idle", []).append(await run_idle(idle, settings))
+    elif name == "pairs":
+        rates = args.rate or (DEFAULT_RATES if not args.scenarios else [MAX])
+        pairs = PairsParams(clients=args.clients, in_flight=args.in_flight, rates=rates)
+        pairs.messages = args.messages or pairs.messages
+        pairs.duration = args.duration
+        pairs.workers = args.workers or pairs.workers
+        for phase in await run_pairs(pairs, settings):
+            key = "pairs" if phase["mode"] == "closed-loop" else "rate"
+            results.setdefault(key, []).append(phase)
+    elif name == "e2e":
+        e2e = E2eParams(pairs=args.pairs, messages=args.messages or 50)
+        results.setdefault("e2e", []).append(await run_e2e(e2e, settings))
+
+
+async def run(args: argparse.Namespace) -> tuple[dict[str, list[Args]], list[str]]:
+    """Run the chosen scenarios `--repeat` times; results by section, and failures."""
+    results: dict[str, list[Args]] = {}
+    failures: list[str] = []
+    for _ in range(args.repeat):
+        for name in args.scenarios or SCENARIOS:
+            t0 = time.monotonic()
+            print(f"bench: running {name} ...", flush=True)
+            try:
+                await run_one(name, args, results)
+            except Exception as exc:  # reported; the other scenarios still run
+                failures.append(f"{name}: {exc}")
+                print(f"bench: {name} FAILED: {exc}", flush=True)
+                continue
+            print(f"bench: {name} done in {time.monotonic() - t0:.0f} s", flush=True)
+    return results, failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `make bench`."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    raise_file_limit()
+    loop_factory = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        results, failures = runner.run(run(args))
+    path = report.write_json(args.out, sys.argv[1:] if argv is None else argv, results)
+    print()
+    print(report.table(report.checks(results)))
+    print(f"\nbench: results written to {path}")
+    for failure in failures:
+        print(f"bench: FAILED {failure}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The bench scenarios: idle, pairs and e2e."""

@@ -1,0 +1,161 @@
+"""Start, measure and stop `plauder serve` as a subprocess on 127.0.0.1."""
+
+import ctypes
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import psutil  # type: ignore[import-untyped]
+
+LISTEN = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
+PR_SET_PDEATHSIG = 1
+
+
+class ServerError(RuntimeError):
+    """The server did not start, or died."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Resource use of the server process at one moment."""
+
+    t: float  # time.monotonic()
+    cpu: float  # user + system seconds, all threads
+    main_cpu: float  # user + system seconds of the main thread (the event loop)
+    rss: int  # bytes
+    threads: int
+    fds: int
+
+    def cpu_since(self, before: "Snapshot") -> float:
+        """CPU seconds used between two snapshots."""
+        return self.cpu - before.cpu
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the bench process dies (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class ServerProcess:
+    """One `python -m plauder.cli serve` process on 127.0.0.1 and a free port."""
+
+    def __init__(self, data: Path, options: dict[str, str], src: Path | None = None) -> None:
+        self.data = data
+        self.options = dict(options)
+        self.src = src  # another plauder source tree (its `src` folder) to run instead
+        self.log_path = data.parent / f"{data.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self._ps: psutil.Process | None = None
+        self._starts = 0
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket endpoint."""
+        return self.url.replace("http://", "ws://") + "/v1/ws"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the process and wait until it prints its address."""
+        cmd = [sys.executable, "-m", "plauder.cli", "serve", "--host", "127.0.0.1"]
+        cmd += ["--port", "0", "--data", str(self.data)]
+        for name, value in self.options.items():
+            cmd += ["--set", f"{name}={value}"]
+        self.data.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        if self.src is not None:
+            env["PYTHONPATH"] = str(self.src.resolve())
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+            )
+        self._starts += 1
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = LISTEN.findall(self.log_text())
+            if len(found) >= self._starts:
+                self.url = found[-1]
+                self._ps = psutil.Process(self.proc.pid)
+                return
+            if self.proc.poll() is not None:
+                raise ServerError(f"server exited at start-up:\n{self.log_tail()}")
+            time.sleep(0.02)
+        self.stop()
+        raise ServerError(f"server did not start in {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_text(self) -> str:
+        """Everything the server printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines the server printed."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        """Whether the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def check(self) -> None:
+        """Raise ServerError if the server died."""
+        if not self.alive():
+            raise ServerError(f"the server died:\n{self.log_tail()}")
+
+    def snapshot(self) -> Snapshot:
+        """CPU time, RSS, threads and open files of the server now."""
+        self.check()
+        assert self._ps is not None
+        with self._ps.oneshot():
+            cpu = self._ps.cpu_times()
+            main = [t for t in self._ps.threads() if t.id == self._ps.pid]
+            return Snapshot(
+                t=time.monotonic(),
+                cpu=cpu.user + cpu.system,
+                main_cpu=main[0].user_time + main[0].system_time if main else 0.0,
+                rss=self._ps.memory_info().rss,
+                threads=self._ps.num_threads(),
+                fds=self._ps.num_fds(),
+            )
+
+    async def metrics(self, timeout: float = 10.0) -> dict[str, float]:
+        """The counters of /metrics, by name without the `plauder_` prefix."""
+        out: dict[str, float] = {}
+        client_timeout = aiohttp.ClientTimeout(total=timeout)
+        async with (
+            aiohttp.ClientSession(timeout=client_timeout) as session,
+            session.get(self.url + "/metrics") as resp,
+        ):
+            text = await resp.text()
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name.startswith("plauder_") and value:
+                out[name.removeprefix("plauder_")] = float(value)
+        return out
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait, SIGKILL if needed; returns the exit status."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        return proc.returncode

@@ -1,0 +1,178 @@
+"""Message traffic between pairs of bench clients: closed loop (W in flight) or paced.
+
+A message is a `send` with one type-1 envelope whose body is 200 opaque bytes: an
+8-byte timestamp (CLOCK_MONOTONIC, the same in every process) and random bytes. The
+server cannot tell it from Olm ciphertext. Receivers ack in batches, as the SDK does:
+everything read in one go, at most ACK_BATCH per `ack`.
+"""
+
+import asyncio
+import random
+import time
+from array import array
+from collections import Counter
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.wire import OnFrame, Wire
+from plauder.protocol import codec
+from plauder.protocol.frames import Ack, Envelope, Error, OutEnvelope, Send, Sent, ServerFrame
+
+BODY_BYTES = 200
+ACK_BATCH = 100
+MAX_PACED_IN_FLIGHT = 1000  # per sender: beyond this a paced sender skips (and counts) sends
+
+
+@dataclass
+class _Sender:
+    wire: Wire
+    peer: str
+    slots: asyncio.Semaphore
+    times: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Receiver:
+    wire: Wire
+    acks: list[int] = field(default_factory=list)
+    flushing: bool = False
+
+
+class Traffic:
+    """One run of messages from each sender to its receiver, with latency samples."""
+
+    def __init__(self, pairs: list[tuple[Wire, str, Wire]], in_flight: int) -> None:
+        self.senders = [_Sender(s, peer, asyncio.Semaphore(in_flight)) for s, peer, _ in pairs]
+        self.receivers = [_Receiver(r) for _, _, r in pairs]
+        self.deliver_ms = array("d")  # send (or its scheduled time) to receipt
+        self.commit_ms = array("d")  # send (or its scheduled time) to `sent`
+        self.errors: Counter[str] = Counter()
+        self.sent = self.answered = self.received = self.skipped = 0
+        self.first_ns = self.last_ns = 0
+        self._outstanding = 0
+        self._done = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        for s in self.senders:
+            s.wire.on_frame = self._sender_handler(s)
+        for r in self.receivers:
+            r.wire.on_frame = self._receiver_handler(r)
+
+    # --- driving ---------------------------------------------------------------------
+
+    async def closed_loop(self, messages: int, timeout: float) -> None:
+        """Each sender sends `messages`, keeping its in-flight window full."""
+        self._expect(messages * len(self.senders))
+        self.first_ns = time.monotonic_ns()
+        loops = [self._sender_loop(s, messages) for s in self.senders]
+        await self._finish(asyncio.gather(*loops), timeout)
+
+    async def paced(self, rate: float, duration: float, timeout: float) -> None:
+        """Send `rate` messages/s in total, round robin over the senders, for `duration` s."""
+        total = max(1, round(rate * duration))
+        self._expect(total)
+        self.first_ns = start = time.monotonic_ns()
+        await self._finish(self._pacer(start, rate, total), timeout)
+
+    def _expect(self, messages: int) -> None:
+        self._outstanding = 2 * messages  # one `sent` and one envelope each
+        if not messages:
+            self._done.set()
+
+    async def _finish(self, sending: Awaitable[object], timeout: float) -> None:
+        async def everything() -> None:
+            await sending
+            await self._done.wait()
+
+        try:
+            await asyncio.wait_for(everything(), timeout)
+        except TimeoutError:
+            self.errors["timeout"] += 1
+        for r in self.receivers:
+            await self._flush(r)
+
+    async def _sender_loop(self, s: _Sender, messages: int) -> None:
+        for _ in range(messages):
+            await s.slots.acquire()
+            await self._send(s, time.monotonic_ns())
+
+    async def _pacer(self, start: int, rate: float, total: int) -> None:
+        step = 1e9 / rate
+        senders = self.senders
+        for k in range(total):
+            due = start + int(k * step)
+            now = time.monotonic_ns()
+            if due > now:
+                await asyncio.sleep((due - now) / 1e9)
+            s = senders[k % len(senders)]
+            if len(s.times) >= MAX_PACED_IN_FLIGHT:
+                self.skipped += 1
+                self._settle(2)
+                continue
+            await self._send(s, due)
+
+    async def _send(self, s: _Sender, stamp: int) -> None:
+        rid = s.wire.next_id()
+        s.times[rid] = stamp
+        body = stamp.to_bytes(8, "big") + random.randbytes(BODY_BYTES - 8)
+        env = OutEnvelope(to=s.peer, device_id=1, type=1, body=body)
+        self.sent += 1
+        await s.wire.send_bytes(
+            codec.encode(Send(id=rid, cmid=random.randbytes(16), envelopes=[env]))
+        )
+
+    def _settle(self, n: int) -> None:
+        self._outstanding -= n
+        if self._outstanding <= 0:
+            self.last_ns = time.monotonic_ns()
+            self._done.set()
+
+    # --- frames from the server --------------------------------------------------------
+
+    def _sender_handler(self, s: _Sender) -> OnFrame:
+        def on_frame(frame: ServerFrame) -> None:
+            if isinstance(frame, Sent | Error):
+                stamp = s.times.pop(frame.id, None)
+                if stamp is None:
+                    return
+                s.slots.release()
+                self.answered += 1
+                if isinstance(frame, Sent):
+                    self.commit_ms.append((time.monotonic_ns() - stamp) / 1e6)
+                    self._settle(1)
+                else:
+                    self.errors[frame.code] += 1
+                    self._settle(2)  # nothing will be delivered
+
+        return on_frame
+
+    def _receiver_handler(self, r: _Receiver) -> OnFrame:
+        def on_frame(frame: ServerFrame) -> None:
+            if isinstance(frame, Envelope):
+                now = time.monotonic_ns()
+                stamp = int.from_bytes(frame.body[:8], "big")
+                self.deliver_ms.append((now - stamp) / 1e6)
+                self.received += 1
+                r.acks.append(frame.eid)
+                if not r.flushing:
+                    r.flushing = True
+                    self._spawn(self._flush(r))
+                self._settle(1)
+            elif isinstance(frame, Error):
+                self.errors["ack:" + frame.code] += 1
+
+        return on_frame
+
+    async def _flush(self, r: _Receiver) -> None:
+        """Ack everything read so far (runs after the reader has drained its buffer)."""
+        try:
+            while r.acks:
+                eids, r.acks = r.acks[:ACK_BATCH], r.acks[ACK_BATCH:]
+                await r.wire.send(Ack(id=r.wire.next_id(), eids=eids))
+        finally:
+            r.flushing = False
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

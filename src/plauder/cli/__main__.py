@@ -1,0 +1,5 @@
+"""`python -m plauder.cli`."""
+
+from plauder.cli.main import main
+
+main()

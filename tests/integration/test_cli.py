@@ -1,0 +1,81 @@
+"""The README's tour, typed as a user would, against a real server."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import ServerProcess
+
+A, B = "+4915100000001", "+4915100000002"
+
+
+def plauder(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the plauder command line."""
+    return subprocess.run(
+        [sys.executable, "-m", "plauder.cli", "--config-dir", str(config), *args],
+        capture_output=True, text=True, timeout=60, check=check,
+    )
+
+
+def lines(out: str) -> list[dict[str, Any]]:
+    """The JSON objects printed one per line."""
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_register_chat_receipts_history(server: ServerProcess, tmp_path: Path) -> None:
+    cfg = tmp_path / "profiles"
+    for number in (A, B):
+        out = plauder(cfg, "-a", number, "register", "--server", server.url).stdout
+        assert f"plauder -a {number} verify" in out
+        out = plauder(cfg, "-a", number, "verify", server.code_for(number)).stdout
+        assert f"Registered {number}" in out
+
+    sent = lines(plauder(cfg, "--json", "-a", A, "send", "-m", "Hallo", B).stdout)
+    assert sent[0]["type"] == "sent"
+    mid = sent[0]["id"]
+
+    got = plauder(cfg, "-a", B, "receive").stdout
+    assert f"{A}: Hallo" in got
+
+    receipts = lines(plauder(cfg, "-a", A, "receive", "--json").stdout)
+    assert {"type": "receipt", "sender": B, "status": "delivered", "ids": [mid]} in receipts
+
+    assert "1 message(s)" in plauder(cfg, "-a", B, "mark-read", A).stdout
+    receipts = lines(plauder(cfg, "-a", A, "--json", "receive").stdout)
+    assert [r["status"] for r in receipts if r["type"] == "receipt"] == ["read"]
+
+    history = lines(plauder(cfg, "-a", A, "--json", "history", B).stdout)
+    assert [(h["body"], h["status"]) for h in history] == [("Hallo", "read")]
+    assert "you: Hallo  ✓✓ read" in plauder(cfg, "-a", A, "history", B).stdout
+
+    # nothing left: receive exits promptly with nothing to print
+    assert plauder(cfg, "-a", B, "receive").stdout == ""
+
+
+def test_safety_number_whoami_and_errors(server: ServerProcess, tmp_path: Path) -> None:
+    cfg = tmp_path / "profiles"
+    for number in (A, B):
+        plauder(cfg, "-a", number, "register", "--server", server.url)
+        plauder(cfg, "-a", number, "verify", server.code_for(number))
+
+    mine = lines(plauder(cfg, "--json", "-a", A, "safety-number", B).stdout)[0]
+    theirs = lines(plauder(cfg, "--json", "-a", B, "safety-number", A).stdout)[0]
+    assert mine["digits"] == theirs["digits"] and len(mine["digits"]) == 60
+    shown = plauder(cfg, "-a", A, "safety-number", B).stdout
+    assert "█" in shown or "▀" in shown  # the QR code in the terminal
+
+    who = lines(plauder(cfg, "-a", A, "whoami", "--json").stdout)[0]
+    assert (who["number"], who["servers"]) == (A, [server.url])
+
+    bad = plauder(cfg, "-a", A, "send", "-m", "x", "+4915199999999", check=False)
+    assert bad.returncode == 1 and "not on this server" in bad.stderr
+    wrong = plauder(cfg, "-a", "+4915100000003", "verify", "000000", check=False)
+    assert wrong.returncode == 1
+    assert "plauder:" in wrong.stderr
+
+    helptext = plauder(cfg, "--help").stdout
+    for command in ("register", "verify", "send", "receive", "history", "safety-number",
+                    "mark-read", "whoami", "serve"):
+        assert command in helptext
