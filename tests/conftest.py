@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import hypothesis  # noqa: F401 - imported up front: a late import trips a CPython 3.11.7 AST bug
 import pytest
 
 from plauder.client import Client

@@ -130,6 +130,7 @@ class Client:
         self._waiters: dict[bytes, asyncio.Future[Sent]] = {}
         self._crypto_lock = asyncio.Lock()
         self._closing = False
+        self._closed = False
         self._receive = True
         self._server_keys = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -253,36 +254,37 @@ class Client:
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until the device is authenticated on some server."""
         try:
-            await asyncio.wait_for(self._wait_connected(), timeout or self.connect_timeout)
+            async with asyncio.timeout(timeout or self.connect_timeout):
+                while True:
+                    if self._fatal is not None:
+                        raise self._fatal
+                    if self._closing:
+                        raise NotConnected("the client is closed")
+                    conn = self._conn
+                    if self._connected.is_set() and conn is not None and not conn.closed:
+                        return
+                    await asyncio.sleep(0.02)
         except TimeoutError as exc:
             raise NotConnected(f"could not reach {', '.join(self.servers)}") from exc
 
-    async def _wait_connected(self) -> None:
-        while True:
-            if self._fatal is not None:
-                raise self._fatal
-            if self._connected.is_set() and self._conn is not None and not self._conn.closed:
-                return
-            waiter = asyncio.ensure_future(self._connected.wait())
-            try:
-                await asyncio.wait({waiter}, timeout=0.2)
-            finally:
-                waiter.cancel()
-
     async def close(self) -> None:
-        """Flush acknowledgements, then disconnect and close the store."""
-        with contextlib.suppress(ClientError):
-            await self._flush_acks()
+        """Flush acknowledgements (briefly), then disconnect and close the store."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(ClientError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self._flush_acks()
         self._closing = True
-        for task in (self._runner, self._processor):
-            if task is not None:
-                task.cancel()
+        tasks = [t for t in (self._runner, self._processor, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
         conn = self._conn
         if conn is not None:
-            await conn.close()
-        for task in (self._runner, self._processor):
-            if task is not None:
-                await asyncio.gather(task, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await conn.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
         self.store.close()
@@ -393,7 +395,7 @@ class Client:
                     raise ConnectionLost("not connected")
                 return await conn.request(frame)
             except ConnectionLost:
-                if loop.time() >= deadline:
+                if loop.time() >= deadline or self._closing:
                     raise
                 await asyncio.sleep(0.05)
 
@@ -512,7 +514,8 @@ class Client:
             fut = self._waiters[entry.cmid] = asyncio.get_running_loop().create_future()
         self._spawn(self._transmit(entry))
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(fut)
         except TimeoutError as exc:
             raise NotConnected(
                 "the server did not confirm in time; the message stays queued"
@@ -626,7 +629,8 @@ class Client:
 
     async def next_event(self, timeout: float | None = None) -> Event:
         """The next event, or TimeoutError."""
-        return await asyncio.wait_for(self._events.get(), timeout)
+        async with asyncio.timeout(timeout):
+            return await self._events.get()
 
     def pending_events(self) -> list[Event]:
         """Events that arrived and were not taken yet."""
@@ -646,7 +650,8 @@ class Client:
             for task in list(self._tasks):
                 await asyncio.gather(task, return_exceptions=True)
 
-        await asyncio.wait_for(idle(), timeout)
+        async with asyncio.timeout(timeout):
+            await idle()
 
     async def _process(self) -> None:
         while True:

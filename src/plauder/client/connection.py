@@ -70,7 +70,8 @@ class Connection:
         conn._reader = asyncio.get_running_loop().create_task(conn._read())
         await conn._send(Hello(v=PROTOCOL_VERSION, agent="plauder-python"))
         try:
-            frame = await asyncio.wait_for(welcome_fut, timeout)
+            async with asyncio.timeout(timeout):
+                frame = await welcome_fut
         except (TimeoutError, ConnectionLost):
             await conn.close()
             raise
@@ -105,7 +106,8 @@ class Connection:
             if self.closed:
                 raise ConnectionLost("connection closed")
             await self._send(frame)
-            answer = await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                answer = await fut
         except TimeoutError as exc:
             raise ConnectionLost("no answer from the server in time") from exc
         finally:
