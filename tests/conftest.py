@@ -37,8 +37,16 @@ class ServerProcess:
     def start(self) -> None:
         """Start the process and wait until it listens."""
         cmd = [
-            sys.executable, "-m", "plauder.cli", "serve", "--host", "127.0.0.1",
-            "--port", str(self.port), "--data", str(self.data),
+            sys.executable,
+            "-m",
+            "plauder.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data",
+            str(self.data),
         ]
         for name, value in self.options.items():
             cmd += ["--set", f"{name}={value}"]
@@ -155,7 +163,7 @@ async def make_client(
     for c in clients:
         try:
             await c.close()
-        except Exception:  # noqa: BLE001 - a test may have closed it already
+        except Exception:
             pass
 
 

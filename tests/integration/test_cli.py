@@ -15,7 +15,10 @@ def plauder(config: Path, *args: str, check: bool = True) -> subprocess.Complete
     """Run the plauder command line."""
     return subprocess.run(
         [sys.executable, "-m", "plauder.cli", "--config-dir", str(config), *args],
-        capture_output=True, text=True, timeout=60, check=check,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
     )
 
 
@@ -76,6 +79,15 @@ def test_safety_number_whoami_and_errors(server: ServerProcess, tmp_path: Path) 
     assert "plauder:" in wrong.stderr
 
     helptext = plauder(cfg, "--help").stdout
-    for command in ("register", "verify", "send", "receive", "history", "safety-number",
-                    "mark-read", "whoami", "serve"):
+    for command in (
+        "register",
+        "verify",
+        "send",
+        "receive",
+        "history",
+        "safety-number",
+        "mark-read",
+        "whoami",
+        "serve",
+    ):
         assert command in helptext

@@ -88,7 +88,8 @@ async def test_receiver_crash_before_ack_shows_message_once(
 
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "crashy_receiver.py"), str(bob_profile), bob.number],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None

@@ -5,6 +5,7 @@ so each limit is cheap to reach; clients speak raw frames over a real WebSocket.
 """
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -88,9 +89,9 @@ async def test_request_rate_per_connection(
 
     wire, _ = await login(session, server, alice)  # hello and auth spend 2 of 5 tokens
     answers = codes(await pipelined_pings(wire, 10))
-    passed = answers.count("pong")
-    assert 3 <= passed <= 4, answers  # the burst (plus what refilled meanwhile)
-    assert answers == ["pong"] * passed + [ErrorCode.RATE_LIMITED] * (10 - passed)
+    assert answers[:3] == ["pong"] * 3, answers  # the rest of the burst
+    assert set(answers[3:]) <= {"pong", ErrorCode.RATE_LIMITED}
+    assert answers.count(ErrorCode.RATE_LIMITED) >= 5, answers  # little refilled meanwhile
 
     # the limit is per connection: another one is served at once
     other, _ = await login(session, server, bob)
@@ -109,8 +110,9 @@ async def test_flood_of_rate_limited_requests_closes_the_connection(
     server = server_factory(requests_per_second=5, request_burst=5, max_bad_frames=3)
     alice = await register_raw(session, server, ALICE)
     wire, _ = await login(session, server, alice)
-    for _ in range(20):
-        await wire.send(Ping(id=rid()))
+    with contextlib.suppress(ConnectionError):  # the server may close while we still send
+        for _ in range(20):
+            await wire.send(Ping(id=rid()))
     assert await wire.closed() == CloseCode.RATE_LIMITED
     limited = [f for f in wire.unclaimed if isinstance(f, Error)]
     assert len(limited) == 4  # max_bad_frames strikes are tolerated, the next one closes
@@ -220,19 +222,20 @@ async def test_one_time_keys_per_upload(
     assert welcome.limits.max_keys_per_upload == 5
     too_many = verify_frame(ALICE, code, account_key, device, keys=6)
     assert await wire.error(too_many) == ErrorCode.TOO_MANY_KEYS
-    assert isinstance(await wire.request(verify_frame(ALICE, code, account_key, device)), Registered)
+    registered = await wire.request(verify_frame(ALICE, code, account_key, device))
+    assert isinstance(registered, Registered)
     await wire.close()
 
-    alice = await register_raw(session, server, BOB, keys=5)
-    wire, ok = await login(session, server, alice)
+    bob = await register_raw(session, server, BOB, keys=5)
+    wire, ok = await login(session, server, bob)
     assert ok.one_time_keys == 5
-    upload = UploadKeys(id=rid(), one_time_keys=signed_keys(alice.device, 6))
+    upload = UploadKeys(id=rid(), one_time_keys=signed_keys(bob.device, 6))
     assert await wire.error(upload) == ErrorCode.TOO_MANY_KEYS
-    upload = UploadKeys(id=rid(), one_time_keys=signed_keys(alice.device, 5))
+    upload = UploadKeys(id=rid(), one_time_keys=signed_keys(bob.device, 5))
     assert isinstance(await wire.request(upload), Ok)
     await wire.close()
 
-    wire, ok = await login(session, server, alice)
+    wire, ok = await login(session, server, bob)
     assert ok.one_time_keys == 10
     await wire.close()
 

@@ -50,7 +50,9 @@ async def wait_code(sms: SmsGateway, number: str) -> str:
 
 
 async def test_http_sender_and_logs_without_numbers_or_ids(
-    server_factory: Callable[..., ServerProcess], sms: SmsGateway, tmp_path: Path,
+    server_factory: Callable[..., ServerProcess],
+    sms: SmsGateway,
+    tmp_path: Path,
     numbers: Iterator[str],
 ) -> None:
     server = server_factory(sms_sender="http", sms_http_url=sms.url, log_format="json")

@@ -56,16 +56,16 @@ def _decode(
         raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame exceeds {max_bytes} bytes")
     try:
         return decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise _explain(data, tags, exc) from exc
 
 
 def _explain(data: bytes, tags: frozenset[str], exc: Exception) -> ProtocolError:
     try:
         probe = _probe_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return ProtocolError(ErrorCode.BAD_FRAME, "frame is not a msgpack map")
-    request_id = probe.id if isinstance(probe.id, int) and 0 <= probe.id < 2**63 else 0
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return ProtocolError(ErrorCode.BAD_FRAME, "frame is not a msgpack map of sane depth")
+    request_id = probe.id if type(probe.id) is int and 0 <= probe.id < 2**63 else 0
     if not isinstance(probe.t, str):
         return ProtocolError(ErrorCode.BAD_FRAME, "frame has no type field 't'", request_id)
     if probe.t not in tags:

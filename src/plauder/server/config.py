@@ -1,8 +1,10 @@
 """Server configuration: flags > PLAUDER_* environment > TOML file > defaults."""
 
 import dataclasses
+import math
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -125,30 +127,40 @@ def load_config(
 
 
 def _build(values: dict[str, Any]) -> Config:
-    known = {f.name: f for f in fields(Config)}
-    unknown = sorted(set(values) - set(known))
+    types = typing.get_type_hints(Config)
+    unknown = sorted(set(values) - set(types))
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
-    defaults = Config()
-    converted: dict[str, Any] = {}
-    for name, raw in values.items():
-        converted[name] = _convert(name, raw, type(getattr(defaults, name)))
-    config = dataclasses.replace(defaults, **converted)
+    converted = {name: _convert(name, raw, types[name]) for name, raw in values.items()}
+    config = dataclasses.replace(Config(), **converted)
     _validate(config)
     return config
 
 
-def _convert(name: str, raw: Any, kind: type) -> Any:
+def _convert(name: str, raw: Any, kind: Any) -> Any:
+    """Turn a value from a flag, the environment or TOML into the option's declared type."""
+    bad = ConfigError(f"option {name}: {raw!r} is not a valid {getattr(kind, '__name__', kind)}")
+    if isinstance(raw, bool) and kind is not bool:
+        raise bad
     try:
-        if kind is bool and isinstance(raw, str):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
         if kind is Path:
             return Path(str(raw))
-        if kind in (int, float, str):
-            return kind(raw)
+        if kind is str:
+            if not isinstance(raw, str):
+                raise bad
+            return raw
+        if kind is int:
+            if isinstance(raw, float):
+                raise bad
+            return int(raw)
+        if kind is float:
+            value = float(raw)
+            if not math.isfinite(value):
+                raise bad
+            return value
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"option {name}: {raw!r} is not a valid {kind.__name__}") from exc
-    return raw
+        raise bad from exc
+    raise bad
 
 
 def _validate(config: Config) -> None:
@@ -160,5 +172,7 @@ def _validate(config: Config) -> None:
     if config.sms_sender == "http" and not config.sms_http_url:
         raise ConfigError("option sms_http_url is required with sms_sender = 'http'")
     for name in _POSITIVE:
-        if getattr(config, name) <= 0:
+        if not getattr(config, name) > 0:
             raise ConfigError(f"option {name} must be positive")
+    if config.keys_low_threshold < 0:
+        raise ConfigError("option keys_low_threshold must not be negative")
