@@ -75,9 +75,10 @@ async def environment(settings: Settings) -> AsyncIterator[Env]:
 
 
 @contextlib.contextmanager
-def generators(factory: HandlerFactory, specs: list[Args]) -> Iterator[Pool]:
+def generators(env: Env, factory: HandlerFactory, specs: list[Args]) -> Iterator[Pool]:
     """Start load-generator processes; stop them at the end, also on error."""
     pool = Pool(factory, specs)
+    pool.watch = env.server.check  # a dead server fails the command at once
     try:
         pool.start()
         yield pool

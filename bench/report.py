@@ -36,9 +36,12 @@ ROWS: list[tuple[str, str, str, str, tuple[str, float] | None]] = [
     ("rate", "latency_ms.p99", "send->receipt p99", "ms", ("<=", 20.0)),
     ("rate", "latency_ms.max", "send->receipt max", "ms", None),
     ("rate", "server_cpu_cores", "server CPU", "cores", None),
+    ("rate", "server_cpu_per_1000_msgs_s", "server CPU per 1,000 msgs", "s", None),
+    ("rate", "loadgen_cpu_cores", "load generators' CPU", "cores", None),
     ("e2e", "delivered_per_s", "delivered msgs/s (SDK, Olm)", "msg/s", None),
     ("e2e", "latency_ms.p50", "send->receipt p50", "ms", None),
     ("e2e", "latency_ms.p99", "send->receipt p99", "ms", None),
+    ("e2e", "send_text_ms.p50", "send_text (until `sent`) p50", "ms", None),
 ]
 
 

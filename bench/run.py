@@ -46,6 +46,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="pairs: offered messages/s in total, or 'max' for the closed loop; repeatable",
     )
     p.add_argument("--duration", type=float, default=20.0, help="pairs: seconds per paced run")
+    p.add_argument("--warmup", type=int, default=10, help="pairs: unmeasured msgs per sender")
     p.add_argument("--connections", type=int, default=19_000, help="idle: connections")
     p.add_argument("--hold", type=float, default=10.0, help="idle: seconds to hold them")
     p.add_argument("--pairs", type=int, default=10, help="e2e: pairs of SDK clients")
@@ -106,6 +107,7 @@ async def run_one(name: str, args: argparse.Namespace, results: dict[str, list[A
         pairs = PairsParams(clients=args.clients, in_flight=args.in_flight, rates=rates)
         pairs.messages = args.messages or pairs.messages
         pairs.duration = args.duration
+        pairs.warmup = args.warmup
         pairs.workers = args.workers or pairs.workers
         for phase in await run_pairs(pairs, settings):
             key = "pairs" if phase["mode"] == "closed-loop" else "rate"

@@ -123,6 +123,7 @@ class Pool:
         self._specs = specs
         self._procs: list[BaseProcess] = []
         self._conns: list[Connection] = []
+        self.watch: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._specs)
@@ -146,18 +147,30 @@ class Pool:
             self._conns.append(parent)
 
     async def call(self, cmd: str, args: Args | list[Args], timeout: float) -> list[Args]:
-        """Run a command in every generator (per-generator args if a list); all results."""
+        """Run a command in every generator (per-generator args if a list); all results.
+
+        `self.watch`, if set, is called every second meanwhile (to fail fast when the
+        server dies); whatever it raises ends the call.
+        """
         per = args if isinstance(args, list) else [args] * len(self._conns)
         for conn, a in zip(self._conns, per, strict=True):
             conn.send((cmd, a))
+        gathered = asyncio.ensure_future(asyncio.gather(*(receive(c) for c in self._conns)))
+        deadline = time.monotonic() + timeout
         try:
-            replies = await asyncio.wait_for(
-                asyncio.gather(*(receive(c) for c in self._conns)), timeout
-            )
-        except TimeoutError as exc:
-            raise WorkerError(f"load generators did not finish {cmd!r} in {timeout:.0f} s") from exc
+            while not gathered.done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WorkerError(f"load generators did not finish {cmd!r} in {timeout:.0f} s")
+                await asyncio.wait({gathered}, timeout=min(1.0, left))
+                if self.watch is not None and not gathered.done():
+                    self.watch()
+            replies = gathered.result()
         except EOFError as exc:
             raise WorkerError(f"a load generator died during {cmd!r}") from exc
+        finally:
+            if not gathered.done():
+                gathered.cancel()
         results = []
         for status, value in replies:
             if status != "ok":

@@ -94,7 +94,7 @@ async def run_e2e(p: E2eParams, settings: Settings) -> Args:
     pairs = [(i, i + 1) for i in range(0, 2 * p.pairs, 2)]
     async with environment(settings) as env:
         spec = env.spec([i for pair in pairs for i in pair], pairs=pairs)
-        with generators(E2eWorker, [spec]) as pool:
+        with generators(env, E2eWorker, [spec]) as pool:
             setup = {
                 "server_url": env.server.url,
                 "profiles": str(env.tmp / "profiles"),

@@ -42,7 +42,7 @@ async def run_idle(p: IdleParams, settings: Settings) -> Args:
     per_worker = max(1, p.concurrency // p.workers)
     async with environment(settings) as env:
         chunks = split(range(p.connections), p.workers)
-        with generators(IdleWorker, [env.spec(c) for c in chunks]) as pool:
+        with generators(env, IdleWorker, [env.spec(c) for c in chunks]) as pool:
             ws_url = env.server.ws_url
             reg = await pool.call(
                 "register", {"ws_url": ws_url, "concurrency": 32, "timeout": 900}, 960

@@ -70,7 +70,7 @@ async def run_pairs(p: PairsParams, settings: Settings) -> list[Args]:
         specs = []
         for chunk in split(pairs, p.workers):
             specs.append(env.spec([i for pair in chunk for i in pair], pairs=chunk))
-        with generators(PairsWorker, specs) as pool:
+        with generators(env, PairsWorker, specs) as pool:
             setup = {"ws_url": env.server.ws_url, "concurrency": per_worker, "timeout": 600}
             await pool.call("register", setup, 660)
             conn = await pool.call("connect", setup, 660)
