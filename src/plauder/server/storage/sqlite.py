@@ -75,6 +75,7 @@ class SqliteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA secure_delete=FAST")  # zero deleted envelopes where free
             conn.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error as exc:
             err = StorageError(f"cannot open database {self._path}: {exc}")
