@@ -11,11 +11,12 @@ from typing import Any
 
 import msgspec
 
-from plauder.client import Client, MessageReceived
+from plauder.client import Client, MessageReceived, ReceiptReceived
 from plauder.client.connection import next_request_id
 from plauder.protocol.content import Text, encode_content
 from plauder.protocol.frames import Send, Sent
 from tests.conftest import ServerProcess, register
+from tests.integration.test_messaging import next_of
 
 HERE = Path(__file__).parent
 
@@ -83,7 +84,7 @@ async def test_receiver_crash_before_ack_shows_message_once(
     bob = await register(server, profiles, next(numbers))
     bob_profile = bob.profile_dir
     await bob.close()
-    await alice.start(receive=False)
+    await alice.start()
     mid = await alice.send_text(bob.number, "Absturz vor der Quittung")
 
     proc = subprocess.Popen(
@@ -107,8 +108,11 @@ async def test_receiver_crash_before_ack_shows_message_once(
     await bob.wait_idle()
     assert [e.id for e in bob.history(alice.number)] == [mid]
     assert not [e for e in bob.pending_events() if isinstance(e, MessageReceived)]
+    # the delivered receipt was stored with the message, so it survived the crash too
+    receipt = await next_of(alice, ReceiptReceived)
+    assert (receipt.status, receipt.ids) == ("delivered", (mid,))
     async with asyncio.timeout(10):  # the redelivered envelope was acked this time
-        while queued(server) > 1:
+        while queued(server) > 0:
             await asyncio.sleep(0.05)
     await alice.close()
     await bob.close()

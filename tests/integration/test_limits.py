@@ -300,3 +300,23 @@ async def test_keys_low_push_when_claims_drain_the_pool(
     assert isinstance(answer, Devices) and answer.devices[0].prekey is None
     await alice_wire.close()
     await bob_wire.close()
+
+
+async def test_pre_key_claims_per_connection(
+    server_factory: ServerFactory, session: aiohttp.ClientSession, numbers: Iterator[str]
+) -> None:
+    server = server_factory(claims_per_minute=3)
+    alice = await register_raw(session, server, next(numbers))
+    bob = await register_raw(session, server, next(numbers), keys=10)
+    wire, _ = await login(session, server, alice)
+    answers = []
+    for _ in range(5):
+        answers.append(await wire.request(GetDevices(id=rid(), number=bob.number, claim=True)))
+    kinds = ["devices" if isinstance(a, Devices) else getattr(a, "code", "?") for a in answers]
+    assert kinds == ["devices"] * 3 + [ErrorCode.RATE_LIMITED] * 2  # nobody drains a pool
+    # looking up devices without claiming stays possible
+    assert isinstance(await wire.request(GetDevices(id=rid(), number=bob.number)), Devices)
+    bob_wire, ok = await login(session, server, bob)
+    assert ok.one_time_keys == 7
+    await wire.close()
+    await bob_wire.close()

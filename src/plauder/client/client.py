@@ -126,7 +126,6 @@ class Client:
         self._busy = 0
         self._idle = asyncio.Event()
         self._acks: list[int] = []
-        self._receipts: dict[str, list[str]] = {}
         self._waiters: dict[bytes, asyncio.Future[Sent]] = {}
         self._crypto_lock = asyncio.Lock()
         self._closing = False
@@ -365,6 +364,8 @@ class Client:
             await self._top_up_keys(conn, self._server_keys)
         for entry in self.store.outbox():
             self._spawn(self._transmit(entry))
+        if self._receive:
+            self._spawn(self._flush_receipts())
 
     async def _top_up_keys(self, conn: Connection, remaining: int) -> None:
         if remaining >= ONE_TIME_KEYS:
@@ -485,7 +486,12 @@ class Client:
         return mid
 
     async def _queue(
-        self, peer: str, cmid: bytes, content: bytes, message: tuple[str, str, int] | None = None
+        self,
+        peer: str,
+        cmid: bytes,
+        content: bytes,
+        message: tuple[str, str, int] | None = None,
+        done_receipts: list[str] | None = None,
     ) -> OutboxEntry:
         async with self._crypto_lock:
             envelopes = await self._encrypt(peer, content, refresh=False)
@@ -494,6 +500,8 @@ class Client:
             with self.store.transaction():
                 self._persist_crypto()
                 self.store.put_outbox(entry, self.clock.now_ms())
+                if done_receipts:
+                    self.store.clear_pending_receipts(peer, done_receipts)
                 if message is not None:
                     mid, text, ts = message
                     self.store.add_message(
@@ -575,10 +583,6 @@ class Client:
         if fut is not None and not fut.done():
             fut.set_exception(exc)
 
-    async def _send_content(self, peer: str, content: Content) -> None:
-        entry = await self._queue(peer, secrets.token_bytes(16), encode_content(content))
-        self._spawn(self._transmit(entry))
-
     async def mark_read(self, number: str) -> list[str]:
         """Mark a chat's received messages read and tell the sender; returns their ids."""
         peer = _normalize(number)
@@ -644,7 +648,9 @@ class Client:
 
         async def idle() -> None:
             await self._drained.wait()
-            while self._busy or not self._inbox.empty() or self._acks or self._receipts:
+            while (
+                self._busy or not self._inbox.empty() or self._acks or self.store.pending_receipts()
+            ):
                 self._idle.clear()
                 await self._idle.wait()
             for task in list(self._tasks):
@@ -754,7 +760,7 @@ class Client:
                 )
                 if not added:
                     return None
-                self._receipts.setdefault(env.sender, []).append(content.id)
+                self.store.add_pending_receipt(env.sender, content.id)
                 return MessageReceived(content.id, env.sender, content.body, content.ts, env.ts)
             case Receipt():
                 moved = self.store.set_status(self.number, list(content.ids), content.status)
@@ -781,12 +787,15 @@ class Client:
             pass
 
     async def _flush_receipts(self) -> None:
-        receipts, self._receipts = self._receipts, {}
-        for peer, ids in receipts.items():
+        """Queue delivered receipts; they were stored with their messages, before the ack."""
+        for peer, ids in self.store.pending_receipts().items():
+            content = encode_content(Receipt(status="delivered", ids=ids))
             try:
-                await self._send_content(peer, Receipt(status="delivered", ids=ids))
+                entry = await self._queue(peer, secrets.token_bytes(16), content, done_receipts=ids)
             except ClientError as exc:
-                log.warning("delivered receipt not sent: %s", exc)
+                log.warning("delivered receipt not sent yet: %s", exc)
+                continue
+            self._spawn(self._transmit(entry))
 
     # --- local views ---------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     cmid BLOB PRIMARY KEY, chat TEXT NOT NULL, content BLOB NOT NULL, frame BLOB NOT NULL,
     created INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS seen (digest BLOB PRIMARY KEY, ts INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pending_receipts (
+    peer TEXT NOT NULL, message_id TEXT NOT NULL, PRIMARY KEY (peer, message_id));
 """
 
 STATUS_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3, "failed": -1}
@@ -300,6 +302,29 @@ class LocalStore:
             )
             for r in rows
         ]
+
+    def add_pending_receipt(self, peer: str, message_id: str) -> None:
+        """Remember to tell a sender that a message was delivered."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO pending_receipts (peer, message_id) VALUES (?, ?)",
+            (peer, message_id),
+        )
+
+    def pending_receipts(self) -> dict[str, list[str]]:
+        """Delivered receipts not yet queued for sending, by peer."""
+        out: dict[str, list[str]] = {}
+        for peer, mid in self._db.execute(
+            "SELECT peer, message_id FROM pending_receipts ORDER BY rowid"
+        ):
+            out.setdefault(peer, []).append(mid)
+        return out
+
+    def clear_pending_receipts(self, peer: str, ids: list[str]) -> None:
+        """The receipts for these messages are in the outbox now."""
+        self._db.executemany(
+            "DELETE FROM pending_receipts WHERE peer = ? AND message_id = ?",
+            [(peer, mid) for mid in ids],
+        )
 
     def seen(self, digest: bytes) -> bool:
         """Whether an envelope with this digest was processed already."""

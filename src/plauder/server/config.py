@@ -42,6 +42,7 @@ class Config:
     keys_low_threshold: int = 10
     requests_per_second: float = 200.0
     request_burst: int = 400
+    claims_per_minute: int = 120  # get_devices with claim=True, per connection
     auth_timeout_seconds: float = 30.0
     max_bad_frames: int = 20
     delivery_window: int = 500
@@ -90,6 +91,7 @@ _POSITIVE = (
     "delivery_window",
     "envelope_ttl_days",
     "codes_per_number_per_hour",
+    "claims_per_minute",
     "code_requests_per_connection",
     "sweep_interval_seconds",
     "auth_timeout_seconds",

@@ -154,6 +154,8 @@ class Connection:
         self.code_requests = 0
         self.verify_attempts = 0
         self.bucket = TokenBucket(gw.clock, gw.config.requests_per_second, gw.config.request_burst)
+        claims = gw.config.claims_per_minute
+        self.claims = TokenBucket(gw.clock, claims / 60.0, claims)
         self.pending = asyncio.Semaphore(MAX_PENDING_REQUESTS)
         self.auth_timer = asyncio.get_running_loop().call_later(
             gw.config.auth_timeout_seconds, self._auth_timeout
@@ -323,6 +325,8 @@ class Connection:
                     )
                 await self.send(Ok(id=frame.id))
             case GetDevices():
+                if frame.claim and not self.claims.take():
+                    raise ServiceError(ErrorCode.RATE_LIMITED, "too many pre-key claims: wait")
                 devices, low = await gw.keys.devices(frame)
                 await self.send(devices)
                 await gw.push_keys_low(low)
