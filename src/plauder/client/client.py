@@ -534,36 +534,40 @@ class Client:
 
     async def _transmit(self, entry: OutboxEntry) -> None:
         """Send an outbox entry until the server stores it; re-encrypt if devices changed."""
+        try:
+            answer = await self._transmit_once(entry)
+        except (UnknownContact, UntrustedDevices) as exc:
+            self._fail(entry, exc)
+        except ServerError as exc:
+            if exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.RATE_LIMITED, ErrorCode.INTERNAL):
+                return  # transient: stays in the outbox
+            self._fail(entry, exc)
+        except ClientError:
+            return  # not connected, or this connection gave way: stays in the outbox
+        else:
+            self._sent(entry, answer)
+
+    async def _transmit_once(self, entry: OutboxEntry) -> Sent:
         frame = msgspec.msgpack.decode(entry.frame, type=Send)
-        for attempt in range(3):
+        for _ in range(2):
             try:
                 answer = await self._request(msgspec.structs.replace(frame, id=next_request_id()))
-            except ConnectionLost:
-                return  # resent after the next connect
-            except NotConnected:
-                return
             except ServerError as exc:
-                if exc.code == ErrorCode.MISMATCHED_DEVICES and attempt < 2:
-                    async with self._crypto_lock:
-                        envelopes = await self._encrypt(entry.chat, entry.content, refresh=True)
-                        frame = Send(id=0, cmid=entry.cmid, envelopes=envelopes)
-                        entry = OutboxEntry(
-                            entry.cmid, entry.chat, entry.content, codec.encode(frame)
-                        )
-                        with self.store.transaction():
-                            self._persist_crypto()
-                            self.store.put_outbox(entry, self.clock.now_ms())
-                    continue
-                if exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.RATE_LIMITED, ErrorCode.INTERNAL):
-                    return  # transient: stays in the outbox
-                self._fail(entry, exc)
-                return
-            except ClientError as exc:
-                self._fail(entry, exc)
-                return
+                if exc.code != ErrorCode.MISMATCHED_DEVICES:
+                    raise
+                async with self._crypto_lock:  # the device list changed: encrypt again
+                    envelopes = await self._encrypt(entry.chat, entry.content, refresh=True)
+                    frame = Send(id=0, cmid=entry.cmid, envelopes=envelopes)
+                    entry = OutboxEntry(entry.cmid, entry.chat, entry.content, codec.encode(frame))
+                    with self.store.transaction():
+                        self._persist_crypto()
+                        self.store.put_outbox(entry, self.clock.now_ms())
+                continue
             assert isinstance(answer, Sent)
-            self._sent(entry, answer)
-            return
+            return answer
+        answer = await self._request(msgspec.structs.replace(frame, id=next_request_id()))
+        assert isinstance(answer, Sent)
+        return answer
 
     def _sent(self, entry: OutboxEntry, answer: Sent) -> None:
         with self.store.transaction():
