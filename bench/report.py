@@ -2,7 +2,9 @@
 
 import json
 import math
+import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,8 +13,6 @@ from typing import Any
 from bench.harness import cpu_count
 from bench.stats import median
 from bench.workers import Args
-
-KIB = 1024
 
 # (scenario, metric path, label, unit, target as (operator, value) or None)
 ROWS: list[tuple[str, str, str, str, tuple[str, float] | None]] = [
@@ -35,6 +35,7 @@ ROWS: list[tuple[str, str, str, str, tuple[str, float] | None]] = [
     ("rate", "latency_ms.p50", "send->receipt p50", "ms", None),
     ("rate", "latency_ms.p99", "send->receipt p99", "ms", ("<=", 20.0)),
     ("rate", "latency_ms.max", "send->receipt max", "ms", None),
+    ("rate", "pacer_lag_ms.p99", "generator lateness p99", "ms", None),
     ("rate", "server_cpu_cores", "server CPU", "cores", None),
     ("rate", "server_cpu_per_1000_msgs_s", "server CPU per 1,000 msgs", "s", None),
     ("rate", "loadgen_cpu_cores", "load generators' CPU", "cores", None),
@@ -110,7 +111,27 @@ def table(rows: list[Args]) -> str:
     return "\n".join(text)
 
 
-def write_json(out_dir: Path, argv: list[str], results: dict[str, list[Args]]) -> Path:
+def source_version(root: Path) -> str:
+    """The git commit of the measured tree, with `+dirty` if src/ has local changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "src"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def write_json(out_dir: Path, argv: list[str], results: dict[str, list[Args]], source: str) -> Path:
     """Write every figure of the run to out_dir/bench-<time>.json; returns the path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -118,6 +139,8 @@ def write_json(out_dir: Path, argv: list[str], results: dict[str, list[Args]]) -
     doc = {
         "command": "python -m bench.run " + " ".join(argv),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": source,
+        "load_average": os.getloadavg(),
         "machine": {
             "cpus": cpu_count(),
             "python": sys.version.split()[0],

@@ -146,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         results, failures = runner.run(run(args))
-    path = report.write_json(args.out, sys.argv[1:] if argv is None else argv, results)
+    source = report.source_version(ROOT)
+    if args.server_src is not None:
+        source = f"server from {args.server_src} (bench at {source})"
+    path = report.write_json(args.out, sys.argv[1:] if argv is None else argv, results, source)
     print()
     print(report.table(report.checks(results)))
     print(f"\nbench: results written to {path}")

@@ -47,6 +47,7 @@ class Traffic:
         self.receivers = [_Receiver(r) for _, _, r in pairs]
         self.deliver_ms = array("d")  # send (or its scheduled time) to receipt
         self.commit_ms = array("d")  # send (or its scheduled time) to `sent`
+        self.lag_ms = array("d")  # paced: how late the generator sent after the schedule
         self.errors: Counter[str] = Counter()
         self.sent = self.answered = self.received = self.skipped = 0
         self.first_ns = self.last_ns = 0
@@ -109,6 +110,7 @@ class Traffic:
                 self.skipped += 1
                 self._settle(2)
                 continue
+            self.lag_ms.append((time.monotonic_ns() - due) / 1e6)
             await self._send(s, due)
 
     async def _send(self, s: _Sender, stamp: int) -> None:

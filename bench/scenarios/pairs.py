@@ -53,6 +53,7 @@ class PairsWorker(LoadWorker):
             "last_ns": traffic.last_ns or time.monotonic_ns(),
             "deliver_ms": traffic.deliver_ms.tolist(),
             "commit_ms": traffic.commit_ms.tolist(),
+            "lag_ms": traffic.lag_ms.tolist(),
         }
 
     @property
@@ -132,6 +133,7 @@ async def _phase(
         "delivered_per_s": received / seconds if seconds > 0 else 0.0,
         "latency_ms": summarize(x for r in runs for x in r["deliver_ms"]),
         "commit_latency_ms": summarize(x for r in runs for x in r["commit_ms"]),
+        "pacer_lag_ms": summarize(x for r in runs for x in r["lag_ms"]) if rate > 0 else None,
         "server_cpu_per_1000_msgs_s": usage["server_cpu_s"] / received * 1000 if received else None,
         "db_commits": batches,
         "db_ops_per_commit": operations / batches if batches else None,
