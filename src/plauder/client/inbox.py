@@ -1,0 +1,219 @@
+"""Receiving: process pushes, decrypt and apply envelopes once, acknowledge in batches."""
+
+import asyncio
+import hashlib
+import logging
+import secrets
+
+import msgspec
+
+from plauder.client.connection import next_request_id
+from plauder.client.contacts import Contacts
+from plauder.client.errors import ClientError, ConnectionLost, ServerError
+from plauder.client.events import (
+    DecryptionError,
+    Event,
+    MessageReceived,
+    PresenceChanged,
+    ReceiptReceived,
+    TypingChanged,
+)
+from plauder.client.keys import Keys
+from plauder.client.link import Link
+from plauder.client.outbox import Outbox
+from plauder.client.profile import Profile
+from plauder.client.tasks import Background
+from plauder.clock import Clock
+from plauder.crypto import CryptoError, DecryptionFailed
+from plauder.protocol.content import Content, Receipt, Text, Typing, decode_content, encode_content
+from plauder.protocol.errors import ErrorCode
+from plauder.protocol.frames import Ack, Drained, Envelope, KeysLow, Presence, ServerFrame
+
+log = logging.getLogger(__name__)
+
+ACK_BATCH = 100
+
+
+class Inbox:
+    """Turns the pushes from the link into stored messages, events, acks and receipts.
+
+    An envelope is acknowledged only after its message, its seen digest and its
+    pending delivered receipt are stored, so a crash before the ack redelivers
+    it, and the digest then recognises it.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        keys: Keys,
+        contacts: Contacts,
+        link: Link,
+        outbox: Outbox,
+        clock: Clock,
+        background: Background,
+        *,
+        pushes: asyncio.Queue[ServerFrame],
+        events: asyncio.Queue[Event],
+        ack_delay: float,
+    ) -> None:
+        self._number = profile.number
+        self._store = profile.store
+        self._keys = keys
+        self._contacts = contacts
+        self._link = link
+        self._outbox = outbox
+        self._clock = clock
+        self._background = background
+        self._pushes = pushes
+        self._events = events
+        self.ack_delay = ack_delay
+        self._drained = asyncio.Event()
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._acks: list[int] = []
+
+    async def run(self) -> None:
+        """Process pushes one by one, for ever; flush acks and receipts when caught up."""
+        while True:
+            frame = await self._pushes.get()
+            self._busy += 1
+            try:
+                await self._handle_push(frame)
+                if self._pushes.empty() or len(self._acks) >= ACK_BATCH:
+                    if self._pushes.empty() and self.ack_delay:
+                        await asyncio.sleep(self.ack_delay)
+                    await self.flush_acks()
+                    await self.flush_receipts()
+            except ClientError as exc:
+                log.warning("processing a push failed: %s", exc)
+            except Exception:
+                log.exception("processing a push failed")
+            finally:
+                self._busy -= 1
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Wait until everything queued on the server was received and acknowledged."""
+
+        async def idle() -> None:
+            await self._drained.wait()
+            while (
+                self._busy
+                or not self._pushes.empty()
+                or self._acks
+                or self._store.pending_receipts()
+            ):
+                self._idle.clear()
+                await self._idle.wait()
+            for task in self._background.tasks():
+                await asyncio.gather(task, return_exceptions=True)
+
+        async with asyncio.timeout(timeout):
+            await idle()
+
+    async def flush_acks(self) -> None:
+        """Acknowledge the processed envelopes on the current connection, if any."""
+        if not self._acks:
+            return
+        eids, self._acks = self._acks, []
+        conn = self._link.conn
+        if conn is None:
+            return  # redelivered on reconnect, then recognised as seen
+        try:
+            await conn.request(Ack(id=next_request_id(), eids=eids))
+        except ServerError as exc:
+            if exc.code != ErrorCode.UNKNOWN_ENVELOPE:
+                log.warning("ack failed: %s", exc)
+        except ConnectionLost:
+            pass
+
+    async def flush_receipts(self) -> None:
+        """Queue delivered receipts; they were stored with their messages, before the ack."""
+        for peer, ids in self._store.pending_receipts().items():
+            content = encode_content(Receipt(status="delivered", ids=ids))
+            try:
+                entry = await self._outbox.queue(
+                    peer, secrets.token_bytes(16), content, done_receipts=ids
+                )
+            except ClientError as exc:
+                log.warning("delivered receipt not sent yet: %s", exc)
+                continue
+            self._background.spawn(self._outbox.transmit(entry))
+
+    async def _handle_push(self, frame: ServerFrame) -> None:
+        match frame:
+            case Envelope():
+                await self._on_envelope(frame)
+            case Drained():
+                self._drained.set()
+            case KeysLow():
+                conn = self._link.conn
+                if conn is not None:
+                    await self._keys.top_up(conn, frame.remaining)
+            case Presence():
+                self._events.put_nowait(
+                    PresenceChanged(frame.number, frame.online, frame.last_seen)
+                )
+            case _:
+                log.debug("unhandled push %s", type(frame).__name__)
+
+    async def _on_envelope(self, env: Envelope) -> None:
+        digest = hashlib.sha256(env.body).digest()
+        if env.eid and self._store.seen(digest):
+            self._acks.append(env.eid)  # processed before a crash or lost ack
+            return
+        device = await self._contacts.sender_device(env.sender, env.sender_device)
+        if device is None:
+            self._reject(env, digest, "the sender's device is unknown or not signed")
+            return
+        async with self._keys.lock:
+            try:
+                plaintext = self._keys.decrypt(device.identity_key, env.type, env.body)
+                content = decode_content(plaintext)
+            except (DecryptionFailed, CryptoError) as exc:
+                self._reject(env, digest, f"cannot decrypt: {exc}")
+                return
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self._reject(env, digest, f"unreadable content: {exc}")
+                return
+            with self._store.transaction():
+                self._keys.persist()
+                event = self._apply(env, content)
+                if env.eid:
+                    self._store.add_seen(digest, self._clock.now_ms())
+        if env.eid:
+            self._acks.append(env.eid)
+        if event is not None:
+            self._events.put_nowait(event)
+
+    def _reject(self, env: Envelope, digest: bytes, reason: str) -> None:
+        if env.eid:
+            self._store.add_seen(digest, self._clock.now_ms())
+            self._acks.append(env.eid)
+        self._events.put_nowait(DecryptionError(env.sender, env.sender_device, reason))
+
+    def _apply(self, env: Envelope, content: Content) -> Event | None:
+        match content:
+            case Text():
+                added = self._store.add_message(
+                    id=content.id,
+                    chat=env.sender,
+                    outgoing=False,
+                    sender=env.sender,
+                    body=content.body,
+                    ts=content.ts,
+                    server_ts=env.ts,
+                    status="received",
+                )
+                if not added:
+                    return None
+                self._store.add_pending_receipt(env.sender, content.id)
+                return MessageReceived(content.id, env.sender, content.body, content.ts, env.ts)
+            case Receipt():
+                moved = self._store.set_status(self._number, list(content.ids), content.status)
+                if not moved:
+                    return None
+                return ReceiptReceived(env.sender, content.status, tuple(moved))
+            case Typing():
+                return TypingChanged(env.sender, content.active)
+        return None

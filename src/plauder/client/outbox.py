@@ -1,0 +1,193 @@
+"""Sending: encrypt, queue with the local writes, transmit until stored, settle the outcome."""
+
+import asyncio
+import secrets
+
+import msgspec
+
+from plauder.client.connection import next_request_id
+from plauder.client.contacts import Contacts
+from plauder.client.errors import (
+    ClientError,
+    NotConnected,
+    ServerError,
+    UnknownContact,
+    UntrustedDevices,
+)
+from plauder.client.keys import Keys
+from plauder.client.link import Link
+from plauder.client.profile import Profile
+from plauder.client.store import OutboxEntry
+from plauder.client.tasks import Background
+from plauder.clock import Clock
+from plauder.protocol import codec
+from plauder.protocol.errors import ErrorCode
+from plauder.protocol.frames import OutEnvelope, Send, Sent
+
+
+class Outbox:
+    """Sends stay in the store's outbox until the server stored them or refused them for good.
+
+    A lost connection never fails a send: it stays queued and goes out again
+    after the next authentication (`resume`); the server deduplicates by cmid.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        keys: Keys,
+        contacts: Contacts,
+        link: Link,
+        clock: Clock,
+        background: Background,
+    ) -> None:
+        self._number = profile.number
+        self._store = profile.store
+        self._keys = keys
+        self._contacts = contacts
+        self._link = link
+        self._clock = clock
+        self._background = background
+        self._waiters: dict[bytes, asyncio.Future[Sent]] = {}
+
+    async def queue(
+        self,
+        peer: str,
+        cmid: bytes,
+        content: bytes,
+        message: tuple[str, str, int] | None = None,
+        done_receipts: list[str] | None = None,
+    ) -> OutboxEntry:
+        """Encrypt for the peer's devices and store the send with the writes that go with it.
+
+        The sessions, the outbox entry, the pending message (id, text, ts) and the
+        receipts it carries land in one transaction, before anything is sent.
+        """
+        async with self._keys.lock:
+            envelopes = await self._encrypt(peer, content, refresh=False)
+            frame = Send(id=0, cmid=cmid, envelopes=envelopes)
+            entry = OutboxEntry(cmid, peer, content, codec.encode(frame))
+            with self._store.transaction():
+                self._keys.persist()
+                self._store.put_outbox(entry, self._clock.now_ms())
+                if done_receipts:
+                    self._store.clear_pending_receipts(peer, done_receipts)
+                if message is not None:
+                    mid, text, ts = message
+                    self._store.add_message(
+                        id=mid,
+                        chat=peer,
+                        outgoing=True,
+                        sender=self._number,
+                        body=text,
+                        ts=ts,
+                        server_ts=None,
+                        status="pending",
+                    )
+        return entry
+
+    async def await_sent(self, entry: OutboxEntry, timeout: float) -> Sent:
+        """Transmit a queued send; wait until the server stored it (NotConnected: still queued)."""
+        fut = self._waiters.get(entry.cmid)
+        if fut is None:
+            fut = self._waiters[entry.cmid] = asyncio.get_running_loop().create_future()
+        self._background.spawn(self.transmit(entry))
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(fut)
+        except TimeoutError as exc:
+            raise NotConnected(
+                "the server did not confirm in time; the message stays queued"
+            ) from exc
+        finally:
+            if fut.done():
+                self._waiters.pop(entry.cmid, None)
+
+    def resume(self) -> None:
+        """Transmit everything still queued (after a new authentication)."""
+        for entry in self._store.outbox():
+            self._background.spawn(self.transmit(entry))
+
+    async def send_now(self, peer: str, content: bytes) -> None:
+        """Encrypt and send to the peer's online devices only; never queued or stored."""
+        async with self._keys.lock:
+            envelopes = await self._encrypt(peer, content, False)
+            with self._store.transaction():
+                self._keys.persist()
+        frame = Send(
+            id=next_request_id(),
+            cmid=secrets.token_bytes(16),
+            envelopes=envelopes,
+            ephemeral=True,
+        )
+        await self._link.request(frame)
+
+    async def transmit(self, entry: OutboxEntry) -> None:
+        """Send an outbox entry until the server stores it; re-encrypt if devices changed."""
+        try:
+            answer = await self._transmit_once(entry)
+        except (UnknownContact, UntrustedDevices) as exc:
+            self._fail(entry, exc)
+        except ServerError as exc:
+            if exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.RATE_LIMITED, ErrorCode.INTERNAL):
+                return  # transient: stays in the outbox
+            self._fail(entry, exc)
+        except ClientError:
+            return  # not connected, or this connection gave way: stays in the outbox
+        else:
+            self._sent(entry, answer)
+
+    async def _transmit_once(self, entry: OutboxEntry) -> Sent:
+        frame = msgspec.msgpack.decode(entry.frame, type=Send)
+        for _ in range(2):
+            try:
+                answer = await self._link.request(
+                    msgspec.structs.replace(frame, id=next_request_id())
+                )
+            except ServerError as exc:
+                if exc.code != ErrorCode.MISMATCHED_DEVICES:
+                    raise
+                async with self._keys.lock:  # the device list changed: encrypt again
+                    envelopes = await self._encrypt(entry.chat, entry.content, refresh=True)
+                    frame = Send(id=0, cmid=entry.cmid, envelopes=envelopes)
+                    entry = OutboxEntry(entry.cmid, entry.chat, entry.content, codec.encode(frame))
+                    with self._store.transaction():
+                        self._keys.persist()
+                        self._store.put_outbox(entry, self._clock.now_ms())
+                continue
+            assert isinstance(answer, Sent)
+            return answer
+        answer = await self._link.request(msgspec.structs.replace(frame, id=next_request_id()))
+        assert isinstance(answer, Sent)
+        return answer
+
+    async def _encrypt(self, number: str, plaintext: bytes, refresh: bool) -> list[OutEnvelope]:
+        """One ciphertext per device of the number, starting sessions where needed."""
+        devices = [] if refresh else self._store.devices(number)
+        if not devices:
+            await self._contacts.fetch(number, claim=False)
+            devices = self._store.devices(number)
+        missing = self._keys.without_session(devices)
+        if missing:
+            answer = await self._contacts.fetch(number, claim=True)
+            devices = self._store.devices(number)
+            self._keys.start_sessions(answer.devices, {d.identity_key for d in missing})
+        return self._keys.encrypt(number, devices, plaintext)
+
+    def _sent(self, entry: OutboxEntry, answer: Sent) -> None:
+        with self._store.transaction():
+            self._store.remove_outbox(entry.cmid)
+            mid = entry.cmid.hex()
+            self._store.set_server_ts(self._number, mid, answer.ts)
+            self._store.set_status(self._number, [mid], "sent")
+        fut = self._waiters.get(entry.cmid)
+        if fut is not None and not fut.done():
+            fut.set_result(answer)
+
+    def _fail(self, entry: OutboxEntry, exc: ClientError) -> None:
+        with self._store.transaction():
+            self._store.remove_outbox(entry.cmid)
+            self._store.set_status(self._number, [entry.cmid.hex()], "failed")
+        fut = self._waiters.get(entry.cmid)
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
