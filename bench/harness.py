@@ -113,6 +113,7 @@ def server_usage(before: Snapshot, after: Snapshot) -> Args:
         "server_cpu_cores": cpu / wall if wall > 0 else 0.0,
         "server_main_thread_cores": main / wall if wall > 0 else 0.0,
         "server_other_threads_cores": (cpu - main) / wall if wall > 0 else 0.0,
+        "server_kernel_cpu_share": (after.sys_cpu - before.sys_cpu) / cpu if cpu > 0 else 0.0,
         "server_rss_mib": after.rss / 2**20,
         "server_threads": after.threads,
         "server_fds": after.fds,

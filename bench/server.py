@@ -28,6 +28,7 @@ class Snapshot:
     t: float  # time.monotonic()
     cpu: float  # user + system seconds, all threads
     main_cpu: float  # user + system seconds of the main thread (the event loop)
+    sys_cpu: float  # system (kernel) seconds, all threads
     rss: int  # bytes
     threads: int
     fds: int
@@ -126,6 +127,7 @@ class ServerProcess:
                 t=time.monotonic(),
                 cpu=cpu.user + cpu.system,
                 main_cpu=main[0].user_time + main[0].system_time if main else 0.0,
+                sys_cpu=cpu.system,
                 rss=self._ps.memory_info().rss,
                 threads=self._ps.num_threads(),
                 fds=self._ps.num_fds(),

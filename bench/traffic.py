@@ -7,6 +7,7 @@ everything read in one go, at most ACK_BATCH per `ack`.
 """
 
 import asyncio
+import contextlib
 import random
 import time
 from array import array
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.wire import OnFrame, Wire
+from bench.wire import OnFrame, Wire, WireError
 from plauder.protocol import codec
 from plauder.protocol.frames import Ack, Envelope, Error, OutEnvelope, Send, Sent, ServerFrame
 
@@ -90,7 +91,8 @@ class Traffic:
         except TimeoutError:
             self.errors["timeout"] += 1
         for r in self.receivers:
-            await self._flush(r)
+            with contextlib.suppress(WireError):
+                await self._flush(r)
 
     async def _sender_loop(self, s: _Sender, messages: int) -> None:
         for _ in range(messages):

@@ -118,13 +118,16 @@ async def _phase(
             errors[code] = errors.get(code, 0) + n
     batches = metrics_after["db_batches"] - metrics_before["db_batches"]
     operations = metrics_after["db_operations"] - metrics_before["db_operations"]
+    sent = sum(r["sent"] for r in runs)
+    if errors or received < sent:
+        print(f"bench: WARNING: {received} of {sent} delivered; errors {errors}", flush=True)
     loadgen_cpu = sum(r["cpu"] for r in runs)
     usage = server_usage(before, after)
     return {
         "mode": "paced" if rate > 0 else "closed-loop",
         "offered_per_s": rate if rate > 0 else None,
         "messages_per_sender": messages if rate <= 0 else None,
-        "sent": sum(r["sent"] for r in runs),
+        "sent": sent,
         "stored": sum(r["answered"] for r in runs),
         "delivered": received,
         "skipped": sum(r["skipped"] for r in runs),
