@@ -25,14 +25,18 @@ from plauder.server.storage.base import (
     StoredMessage,
 )
 from plauder.server.storage.schema import MIGRATIONS, SQLITE_TYPES, statements
+from plauder.server.storage.sqlite_sends import EnvelopeIds, SendOp, store_sends
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
-_Item = tuple[Op, asyncio.Future[Any]]
+_Item = tuple[Op | SendOp, asyncio.Future[Any]]
+_Result = tuple[asyncio.Future[Any], Any, BaseException | None]
+_OP_ERRORS = (sqlite3.Error, ValueError, OverflowError, TypeError)
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1024
+DEVICE_CACHE_SIZE = 100_000
 
 
 class SqliteStore:
@@ -46,6 +50,9 @@ class SqliteStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         self.operations = 0
+        self._devices: dict[str, dict[int, int]] = {}  # worker thread only
+        self._ids: EnvelopeIds | None = None  # worker thread only
+        self._migrated = False
 
     async def start(self) -> None:
         """Open the database on its thread and apply missing migrations."""
@@ -56,6 +63,7 @@ class SqliteStore:
         self._thread.start()
         await ready
         await self._call(_migrate)
+        self._migrated = True
 
     async def close(self) -> None:
         """Let queued operations finish, then close the connection."""
@@ -105,20 +113,76 @@ class SqliteStore:
         finally:
             conn.close()
 
-    def _execute(
-        self, conn: sqlite3.Connection, batch: list[_Item]
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+    def _execute(self, conn: sqlite3.Connection, batch: list[_Item]) -> list[_Result]:
+        """Run a batch in one transaction: one COMMIT (one fsync) for all of it.
+
+        Other operations run first, in order; then every `send` of the batch is
+        stored together with multi-row statements. Operations raise ServiceError
+        only before they write, so a refused request needs no savepoint. Any
+        other failure rolls the batch back and replays it one savepoint per
+        operation, so only the culprit fails.
+        """
+        results: list[_Result] = []
+        sends: list[tuple[SendOp, asyncio.Future[Any]]] = []
+        ids = self._envelope_ids(conn)
+        first_id = ids.next if ids else 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, fut in batch:
+                if isinstance(op, SendOp):
+                    sends.append((op, fut))
+                    continue
+                try:
+                    results.append((fut, op(conn), None))
+                except ServiceError as exc:
+                    results.append((fut, None, exc))
+            if sends:
+                assert ids is not None
+                outcomes = store_sends(conn, [op for op, _ in sends], self._resolve, ids)
+                results.extend(
+                    _outcome(fut, o) for (_, fut), o in zip(sends, outcomes, strict=True)
+                )
+            conn.execute("COMMIT")
+        except _OP_ERRORS as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._devices.clear()  # it may have read what was rolled back
+            if ids is not None:
+                ids.rollback(first_id)
+            if len(batch) == 1:
+                log.error("database operation failed: %s", exc)
+                return [(batch[0][1], None, StorageError(str(exc)))]
+            return self._execute_each(conn, batch)
+        self.batches += 1
+        self.operations += len(batch)
+        return results
+
+    def _envelope_ids(self, conn: sqlite3.Connection) -> EnvelopeIds | None:
+        if self._ids is None and self._migrated:
+            self._ids = EnvelopeIds(conn)
+        return self._ids
+
+    def _execute_each(self, conn: sqlite3.Connection, batch: list[_Item]) -> list[_Result]:
+        """The slow path: a savepoint around every operation of the batch."""
+        results: list[_Result] = []
+        ids = self._envelope_ids(conn)
+        first_id = ids.next if ids else 0
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, fut in batch:
                 conn.execute("SAVEPOINT op")
                 try:
-                    value = op(conn)
+                    if isinstance(op, SendOp):
+                        assert ids is not None
+                        value: Any = store_sends(conn, [op], self._resolve, ids)[0]
+                        if isinstance(value, ServiceError):
+                            raise value
+                    else:
+                        value = op(conn)
                 except ServiceError as exc:
                     conn.execute("ROLLBACK TO op")
                     results.append((fut, None, exc))
-                except (sqlite3.Error, ValueError, OverflowError, TypeError) as exc:
+                except _OP_ERRORS as exc:
                     conn.execute("ROLLBACK TO op")
                     log.error("database operation failed: %s", exc)
                     results.append((fut, None, StorageError(str(exc))))
@@ -130,6 +194,9 @@ class SqliteStore:
             log.error("database transaction failed: %s", exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._devices.clear()
+            if ids is not None:
+                ids.rollback(first_id)
             err = StorageError(f"database unavailable: {exc}")
             return [(fut, None, err) for _, fut in batch]
         self.batches += 1
@@ -142,9 +209,13 @@ class SqliteStore:
         return self._thread is not None and self._thread.is_alive()
 
     async def _call(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        result: T = await self._submit(op)
+        return result
+
+    async def _submit(self, op: Op | SendOp) -> Any:
         if self._thread is None or self._loop is None or not self._thread.is_alive():
             raise StorageError("store is not running")
-        fut: asyncio.Future[T] = self._loop.create_future()
+        fut: asyncio.Future[Any] = self._loop.create_future()
         self._queue.put((op, fut))
         return await fut
 
@@ -244,6 +315,7 @@ class SqliteStore:
                 ),
             ).fetchone()[0]
             _insert_keys(c, device_pk, one_time_keys, fallback_key)
+            self._devices.pop(number, None)
             return Registration(account_id, device_pk, device_id, removed)
 
         return await self._call(op)
@@ -322,30 +394,8 @@ class SqliteStore:
         self, sender: Sender, cmid: bytes, envelopes: list[OutEnvelope], now_ms: int
     ) -> StoredMessage:
         """Check recipients and store all envelopes of one message atomically."""
-
-        def op(c: sqlite3.Connection) -> StoredMessage:
-            row = c.execute(
-                "SELECT ts FROM sent_messages WHERE device_pk = ? AND cmid = ?",
-                (sender.device_pk, cmid),
-            ).fetchone()
-            if row is not None:
-                return StoredMessage(row[0], True, ())
-            targets = _resolve(c, sender, envelopes)
-            c.execute(
-                "INSERT INTO sent_messages (device_pk, cmid, ts) VALUES (?, ?, ?)",
-                (sender.device_pk, cmid, now_ms),
-            )
-            deliveries = []
-            for device_pk, env in targets:
-                eid = c.execute(
-                    "INSERT INTO envelopes (device_pk, sender, sender_device, type, body, ts) "
-                    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                    (device_pk, sender.number, sender.device_id, env.type, env.body, now_ms),
-                ).fetchone()[0]
-                deliveries.append(Delivery(device_pk, eid, env))
-            return StoredMessage(now_ms, False, tuple(deliveries))
-
-        return await self._call(op)
+        result: StoredMessage = await self._submit(SendOp(sender, cmid, envelopes, now_ms))
+        return result
 
     async def resolve_targets(
         self, sender: Sender, envelopes: list[OutEnvelope]
@@ -353,7 +403,7 @@ class SqliteStore:
         """Check recipients of an ephemeral message without storing it (eid 0)."""
 
         def op(c: sqlite3.Connection) -> tuple[Delivery, ...]:
-            return tuple(Delivery(pk, 0, env) for pk, env in _resolve(c, sender, envelopes))
+            return tuple(Delivery(pk, 0, env) for pk, env in self._resolve(c, sender, envelopes))
 
         return await self._call(op)
 
@@ -375,12 +425,18 @@ class SqliteStore:
     async def ack(self, device_pk: int, eids: list[int]) -> int:
         """Delete a device's envelopes; returns how many of them existed."""
 
+        unique = sorted(set(eids))
+
         def op(c: sqlite3.Connection) -> int:
-            cur = c.executemany(
-                "DELETE FROM envelopes WHERE id = ? AND device_pk = ?",
-                [(eid, device_pk) for eid in eids],
-            )
-            return cur.rowcount
+            deleted = 0
+            for i in range(0, len(unique), 500):  # SQLite allows 32766 variables; stay small
+                chunk = unique[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                deleted += c.execute(
+                    f"DELETE FROM envelopes WHERE device_pk = ? AND id IN ({marks})",
+                    (device_pk, *chunk),
+                ).rowcount
+            return deleted
 
         return await self._call(op)
 
@@ -395,6 +451,43 @@ class SqliteStore:
             return int(n)
 
         return await self._call(op)
+
+    def _resolve(
+        self, c: sqlite3.Connection, sender: Sender, envelopes: list[OutEnvelope]
+    ) -> list[tuple[int, OutEnvelope]]:
+        """Map envelopes to device pks, insisting each account's devices are all covered."""
+        by_number: dict[str, list[OutEnvelope]] = {}
+        for env in envelopes:
+            by_number.setdefault(env.to, []).append(env)
+        out: list[tuple[int, OutEnvelope]] = []
+        for number, envs in by_number.items():
+            pks = dict(self._device_pks(c, number))
+            if not pks:
+                raise ServiceError(ErrorCode.UNKNOWN_ACCOUNT, "no such account")
+            if number == sender.number:
+                pks.pop(sender.device_id, None)
+            given = [e.device_id for e in envs]
+            if len(set(given)) != len(given) or set(given) != set(pks):
+                raise ServiceError(
+                    ErrorCode.MISMATCHED_DEVICES,
+                    f"the device list of {number} has changed: fetch it again",
+                )
+            out.extend((pks[e.device_id], e) for e in envs)
+        return out
+
+    def _device_pks(self, c: sqlite3.Connection, number: str) -> dict[int, int]:
+        """device_id -> pk of an account, cached on the worker thread until it changes."""
+        cached = self._devices.get(number)
+        if cached is None:
+            rows = c.execute(
+                "SELECT d.device_id, d.pk FROM accounts a JOIN devices d "
+                "ON d.account_id = a.id WHERE a.number = ?",
+                (number,),
+            ).fetchall()
+            if len(self._devices) >= DEVICE_CACHE_SIZE:
+                self._devices.clear()
+            cached = self._devices[number] = dict(rows)
+        return cached
 
     # --- presence ----------------------------------------------------------------------
 
@@ -483,36 +576,13 @@ def _claim_prekey(c: sqlite3.Connection, device_pk: int) -> SignedKey | None:
     return SignedKey(key_id=row[0], key=row[1], signature=row[2], fallback=True)
 
 
-def _resolve(
-    c: sqlite3.Connection, sender: Sender, envelopes: list[OutEnvelope]
-) -> list[tuple[int, OutEnvelope]]:
-    """Map envelopes to device pks, insisting each account's devices are all covered."""
-    by_number: dict[str, list[OutEnvelope]] = {}
-    for env in envelopes:
-        by_number.setdefault(env.to, []).append(env)
-    out: list[tuple[int, OutEnvelope]] = []
-    for number, envs in by_number.items():
-        rows = c.execute(
-            "SELECT d.device_id, d.pk FROM accounts a JOIN devices d ON d.account_id = a.id "
-            "WHERE a.number = ?",
-            (number,),
-        ).fetchall()
-        if not rows:
-            raise ServiceError(ErrorCode.UNKNOWN_ACCOUNT, "no such account")
-        pks = dict(rows)
-        if number == sender.number:
-            pks.pop(sender.device_id, None)
-        given = [e.device_id for e in envs]
-        if len(set(given)) != len(given) or set(given) != set(pks):
-            raise ServiceError(
-                ErrorCode.MISMATCHED_DEVICES,
-                f"the device list of {number} has changed: fetch it again",
-            )
-        out.extend((pks[e.device_id], e) for e in envs)
-    return out
+def _outcome(fut: asyncio.Future[Any], outcome: StoredMessage | ServiceError) -> _Result:
+    if isinstance(outcome, ServiceError):
+        return (fut, None, outcome)
+    return (fut, outcome, None)
 
 
-def _settle(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _settle(results: list[_Result]) -> None:
     for fut, value, exc in results:
         if fut.done():
             continue
