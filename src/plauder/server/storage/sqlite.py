@@ -25,11 +25,17 @@ from plauder.server.storage.base import (
     StoredMessage,
 )
 from plauder.server.storage.schema import MIGRATIONS, SQLITE_TYPES, statements
-from plauder.server.storage.sqlite_sends import EnvelopeIds, SendOp, store_sends
+from plauder.server.storage.sqlite_sends import (
+    AckOp,
+    EnvelopeIds,
+    SendOp,
+    delete_acked,
+    store_sends,
+)
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
-_Item = tuple[Op | SendOp, asyncio.Future[Any]]
+_Item = tuple[Op | SendOp | AckOp, asyncio.Future[Any]]
 _Result = tuple[asyncio.Future[Any], Any, BaseException | None]
 _OP_ERRORS = (sqlite3.Error, ValueError, OverflowError, TypeError)
 
@@ -124,6 +130,7 @@ class SqliteStore:
         """
         results: list[_Result] = []
         sends: list[tuple[SendOp, asyncio.Future[Any]]] = []
+        acks: list[tuple[AckOp, asyncio.Future[Any]]] = []
         ids = self._envelope_ids(conn)
         first_id = ids.next if ids else 0
         try:
@@ -132,10 +139,16 @@ class SqliteStore:
                 if isinstance(op, SendOp):
                     sends.append((op, fut))
                     continue
+                if isinstance(op, AckOp):
+                    acks.append((op, fut))
+                    continue
                 try:
                     results.append((fut, op(conn), None))
                 except ServiceError as exc:
                     results.append((fut, None, exc))
+            if acks:
+                counts = delete_acked(conn, [op for op, _ in acks])
+                results.extend((fut, n, None) for (_, fut), n in zip(acks, counts, strict=True))
             if sends:
                 assert ids is not None
                 outcomes = store_sends(conn, [op for op, _ in sends], self._resolve, ids)
@@ -177,6 +190,8 @@ class SqliteStore:
                         value: Any = store_sends(conn, [op], self._resolve, ids)[0]
                         if isinstance(value, ServiceError):
                             raise value
+                    elif isinstance(op, AckOp):
+                        value = delete_acked(conn, [op])[0]
                     else:
                         value = op(conn)
                 except ServiceError as exc:
@@ -212,7 +227,7 @@ class SqliteStore:
         result: T = await self._submit(op)
         return result
 
-    async def _submit(self, op: Op | SendOp) -> Any:
+    async def _submit(self, op: Op | SendOp | AckOp) -> Any:
         if self._thread is None or self._loop is None or not self._thread.is_alive():
             raise StorageError("store is not running")
         fut: asyncio.Future[Any] = self._loop.create_future()
@@ -424,21 +439,8 @@ class SqliteStore:
 
     async def ack(self, device_pk: int, eids: list[int]) -> int:
         """Delete a device's envelopes; returns how many of them existed."""
-
-        unique = sorted(set(eids))
-
-        def op(c: sqlite3.Connection) -> int:
-            deleted = 0
-            for i in range(0, len(unique), 500):  # SQLite allows 32766 variables; stay small
-                chunk = unique[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                deleted += c.execute(
-                    f"DELETE FROM envelopes WHERE device_pk = ? AND id IN ({marks})",
-                    (device_pk, *chunk),
-                ).rowcount
-            return deleted
-
-        return await self._call(op)
+        deleted: int = await self._submit(AckOp(device_pk, list(eids)))
+        return deleted
 
     async def sweep(self, now_ms: int, envelope_ttl_ms: int) -> int:
         """Delete expired envelopes, dedup records and codes; returns envelopes deleted."""

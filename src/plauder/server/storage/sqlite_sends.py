@@ -134,3 +134,54 @@ def _first_ts(c: sqlite3.Connection, op: SendOp) -> int:
 
 def _chunks(rows: list[T]) -> list[list[T]]:
     return [rows[i : i + ROWS_PER_STATEMENT] for i in range(0, len(rows), ROWS_PER_STATEMENT)]
+
+
+@dataclass(frozen=True, slots=True)
+class AckOp:
+    """One `ack` waiting in the writer's queue."""
+
+    device_pk: int
+    eids: list[int]
+
+
+def delete_acked(c: sqlite3.Connection, ops: list[AckOp]) -> list[int]:
+    """Delete every acked envelope of a batch at once; returns how many each op deleted.
+
+    A device may only delete its own envelopes. The fast path deletes by id
+    and checks the owners of what it deleted; if anyone acked another device's
+    envelope, it undoes that and deletes op by op with the owner in the query.
+    """
+    owner: dict[int, int] = {}
+    for i, op in enumerate(ops):
+        for eid in op.eids:
+            owner.setdefault(eid, i)
+    counts = [0] * len(ops)
+    c.execute("SAVEPOINT acks")
+    foreign = False
+    for chunk in _chunks(list(owner)):
+        for eid, device_pk in c.execute(
+            "DELETE FROM envelopes WHERE id IN (" + ",".join("?" * len(chunk)) + ") "
+            "RETURNING id, device_pk",
+            chunk,
+        ):
+            i = owner[eid]
+            if ops[i].device_pk != device_pk:
+                foreign = True
+            counts[i] += 1
+    if foreign:
+        c.execute("ROLLBACK TO acks")
+        counts = [_delete_own(c, op) for op in ops]
+    c.execute("RELEASE acks")
+    return counts
+
+
+def _delete_own(c: sqlite3.Connection, op: AckOp) -> int:
+    deleted = 0
+    for chunk in _chunks(sorted(set(op.eids))):
+        deleted += c.execute(
+            "DELETE FROM envelopes WHERE device_pk = ? AND id IN ("
+            + ",".join("?" * len(chunk))
+            + ")",
+            (op.device_pk, *chunk),
+        ).rowcount
+    return deleted
