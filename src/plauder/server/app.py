@@ -36,7 +36,9 @@ class Server:
         self.config = config
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
-        self.store = SqliteStore(config.database_path, config.sqlite_synchronous)
+        self.store = SqliteStore(
+            config.database_path, config.sqlite_synchronous, config.commit_gather_ms
+        )
         self.sender: CodeSender = (
             HttpSender(config.sms_http_url) if config.sms_sender == "http" else ConsoleSender()
         )

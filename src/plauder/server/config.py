@@ -51,6 +51,7 @@ class Config:
     sweep_interval_seconds: float = 3600.0
     # storage
     sqlite_synchronous: str = "full"  # full | normal
+    commit_gather_ms: float = 1.0  # how long a lone write waits for others to share its commit
     backlog: int = 4096
     shutdown_timeout_seconds: float = 10.0
 
@@ -176,5 +177,7 @@ def _validate(config: Config) -> None:
     for name in _POSITIVE:
         if not getattr(config, name) > 0:
             raise ConfigError(f"option {name} must be positive")
+    if not 0 <= config.commit_gather_ms <= 50:
+        raise ConfigError("option commit_gather_ms must be between 0 and 50")
     if config.keys_low_threshold < 0:
         raise ConfigError("option keys_low_threshold must not be negative")

@@ -5,6 +5,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,8 +49,9 @@ DEVICE_CACHE_SIZE = 100_000
 class SqliteStore:
     """Store on a SQLite file in WAL mode; `ok` is only answered after COMMIT."""
 
-    def __init__(self, path: Path, synchronous: str = "full") -> None:
+    def __init__(self, path: Path, synchronous: str = "full", gather_ms: float = 1.0) -> None:
         self._path = path
+        self._gather = gather_ms / 1000
         self._synchronous = synchronous.upper()
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -103,11 +105,18 @@ class SqliteStore:
                     break
                 batch = [item]
                 stop = False
+                waited = False
                 while len(batch) < MAX_BATCH:
                     try:
                         nxt = self._queue.get_nowait()
                     except queue.Empty:
-                        break
+                        if waited or self._gather <= 0:
+                            break
+                        # a lone write would pay a whole fsync: give its neighbours
+                        # a moment to join the same commit
+                        waited = True
+                        time.sleep(self._gather)
+                        continue
                     if nxt is None:
                         stop = True
                         break
