@@ -4,7 +4,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from plauder.client import Client, MessageReceived, ReceiptReceived, TypingChanged
+from plauder.client.connection import next_request_id
+from plauder.protocol.frames import Send
 
 MakeClient = Callable[..., Any]
 
@@ -68,3 +72,24 @@ async def test_typing_is_delivered_live_and_never_queued(make_client: MakeClient
     await carol.start()
     await carol.wait_idle()
     assert not any(isinstance(e, TypingChanged) for e in carol.pending_events())
+
+
+async def test_a_newer_kind_of_message_is_kept_as_a_placeholder(
+    make_client: MakeClient,
+) -> None:
+    alice: Client = await make_client()
+    bob: Client = await make_client()
+    poll = b'{"type":"poll","id":"c0ffee","ts":5,"question":"Pizza?","options":["ja","nein"]}'
+    entry = await alice._queue(bob.number, b"\x02" * 16, poll)
+    frame = msgspec.msgpack.decode(entry.frame, type=Send)
+    await alice._request(msgspec.structs.replace(frame, id=next_request_id()))
+
+    got = await next_of(bob, MessageReceived)
+    assert got.id == "c0ffee" and "poll" in got.body and "update plauder" in got.body
+    assert [e.id for e in bob.history(alice.number)] == ["c0ffee"]
+    await bob.wait_idle()  # acked, and its delivered receipt went out like any message's
+    assert bob.store.pending_receipts() == {}
+
+    # and the session still works for what follows
+    mid = await alice.send_text(bob.number, "und jetzt normal")
+    assert (await next_of(bob, MessageReceived)).id == mid

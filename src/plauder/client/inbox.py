@@ -25,7 +25,16 @@ from plauder.client.profile import Profile
 from plauder.client.tasks import Background
 from plauder.clock import Clock
 from plauder.crypto import CryptoError, DecryptionFailed
-from plauder.protocol.content import Content, Receipt, Text, Typing, decode_content, encode_content
+from plauder.protocol.content import (
+    Content,
+    Receipt,
+    Text,
+    Typing,
+    Unknown,
+    decode_content,
+    decode_unknown,
+    encode_content,
+)
 from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import Ack, Drained, Envelope, KeysLow, Presence, ServerFrame
 
@@ -169,16 +178,24 @@ class Inbox:
         async with self._keys.lock:
             try:
                 plaintext = self._keys.decrypt(device.identity_key, env.type, env.body)
-                content = decode_content(plaintext)
             except (DecryptionFailed, CryptoError) as exc:
                 self._reject(env, digest, f"cannot decrypt: {exc}")
                 return
+            content: Content | Unknown | None
+            problem = ""
+            try:
+                content = decode_content(plaintext)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self._reject(env, digest, f"unreadable content: {exc}")
-                return
+                content = decode_unknown(plaintext)
+                problem = f"unreadable content: {exc}"
             with self._store.transaction():
-                self._keys.persist()
-                event = self._apply(env, content)
+                self._keys.persist()  # the session moved on, whatever the content
+                if content is None:
+                    event: Event | None = DecryptionError(env.sender, env.sender_device, problem)
+                elif isinstance(content, Unknown):
+                    event = self._apply_unknown(env, content)
+                else:
+                    event = self._apply(env, content)
                 if env.eid:
                     self._store.add_seen(digest, self._clock.now_ms())
         if env.eid:
@@ -191,6 +208,26 @@ class Inbox:
             self._store.add_seen(digest, self._clock.now_ms())
             self._acks.append(env.eid)
         self._events.put_nowait(DecryptionError(env.sender, env.sender_device, reason))
+
+    def _apply_unknown(self, env: Envelope, content: Unknown) -> Event | None:
+        """A newer client's kind of message: keep a placeholder and acknowledge it."""
+        if content.id is None:
+            return None  # a signal of a newer kind (like typing): nothing to show
+        body = f"[a {content.type} message this version cannot show: update plauder]"
+        added = self._store.add_message(
+            id=content.id,
+            chat=env.sender,
+            outgoing=False,
+            sender=env.sender,
+            body=body,
+            ts=content.ts or env.ts,
+            server_ts=env.ts,
+            status="received",
+        )
+        if not added:
+            return None
+        self._store.add_pending_receipt(env.sender, content.id)
+        return MessageReceived(content.id, env.sender, body, content.ts or env.ts, env.ts)
 
     def _apply(self, env: Envelope, content: Content) -> Event | None:
         match content:

@@ -45,6 +45,25 @@ def encode_content(content: Content) -> bytes:
     return _encoder.encode(content)
 
 
+class Unknown(msgspec.Struct, frozen=True):
+    """The two fields read from a document of a type this version does not know."""
+
+    type: str
+    id: str | None = None
+    ts: int = 0
+
+
+_unknown_decoder = msgspec.json.Decoder(Unknown)
+
+
+def decode_unknown(data: bytes) -> Unknown | None:
+    """Type and id of a well-formed document of an unknown type; None if it is not one."""
+    try:
+        return _unknown_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
 def decode_content(data: bytes) -> Content:
     """Parse a plaintext document; raises msgspec.ValidationError or DecodeError."""
     content: Content = _decoder.decode(data)
