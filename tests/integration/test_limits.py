@@ -320,3 +320,15 @@ async def test_pre_key_claims_per_connection(
     assert ok.one_time_keys == 7
     await wire.close()
     await bob_wire.close()
+
+
+async def test_pipelined_requests_beyond_the_pending_limit_are_all_answered(
+    server: ServerProcess, session: aiohttp.ClientSession, numbers: Iterator[str]
+) -> None:
+    # more requests at once than a connection may have running (64): the server
+    # stops reading until some finish, and answers every one
+    alice = await register_raw(session, server, next(numbers))
+    wire, _ = await login(session, server, alice)
+    answers = await pipelined_pings(wire, 200)
+    assert codes(answers) == ["pong"] * 200
+    await wire.close()

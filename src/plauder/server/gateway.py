@@ -156,7 +156,8 @@ class Connection:
         self.bucket = TokenBucket(gw.clock, gw.config.requests_per_second, gw.config.request_burst)
         claims = gw.config.claims_per_minute
         self.claims = TokenBucket(gw.clock, claims / 60.0, claims)
-        self.pending = asyncio.Semaphore(MAX_PENDING_REQUESTS)
+        self.pending = 0  # authenticated requests running
+        self.room = asyncio.Event()
         self.auth_timer = asyncio.get_running_loop().call_later(
             gw.config.auth_timeout_seconds, self._auth_timeout
         )
@@ -199,14 +200,26 @@ class Connection:
         elif self.sender is None:
             await self._reject(request_id, ErrorCode.UNAUTHENTICATED, "authenticate first")
         else:
-            await self.pending.acquire()
+            if self.pending >= MAX_PENDING_REQUESTS:
+                self.room.clear()
+                await self.room.wait()  # backpressure: stop reading until a request ends
+            self.pending += 1
             gw.spawn(self._request(request_id, frame, self.sender))
 
     async def _request(self, request_id: int, frame: ClientFrame, sender: Sender) -> None:
         try:
-            await self._guarded(request_id, self._dispatch(frame, sender))
+            await self._dispatch(frame, sender)
+        except ServiceError as exc:
+            await self.error(request_id, exc.code, exc.message)
+        except StorageError:
+            await self.error(request_id, ErrorCode.UNAVAILABLE, "storage unavailable: try again")
+        except Exception:
+            log.exception("request failed")
+            await self.error(request_id, ErrorCode.INTERNAL, "internal error")
         finally:
-            self.pending.release()
+            self.pending -= 1
+            if self.pending < MAX_PENDING_REQUESTS:
+                self.room.set()
 
     async def _guarded(self, request_id: int, work: Any) -> None:
         try:
