@@ -400,11 +400,6 @@ class Connection:
 
     # --- router callbacks --------------------------------------------------------------
 
-    async def offer(self, eid: int, data: bytes) -> None:
-        """A stored envelope for this device."""
-        if self.feed is not None:
-            await self.feed.offer(eid, data)
-
     async def push(self, data: bytes) -> None:
         """An unstored frame for this device (ephemeral, keys_low, presence)."""
         if self.writable():

@@ -2,13 +2,13 @@
 
 from typing import Protocol
 
+from plauder.server.delivery import DeviceFeed
+
 
 class Receiver(Protocol):
     """A connection as the router sees it."""
 
-    async def offer(self, eid: int, data: bytes) -> None:
-        """Push an encoded envelope (stored ones in eid order) or leave it queued."""
-        ...
+    feed: DeviceFeed | None  # pushes its device's stored envelopes in eid order
 
     async def push(self, data: bytes) -> None:
         """Push an encoded frame that is not stored (ephemeral, keys_low)."""
@@ -50,8 +50,8 @@ class LocalRouter:
     async def deliver(self, device_pk: int, eid: int, data: bytes) -> None:
         """Offer a stored envelope to the device's connection, if it has one."""
         conn = self._by_device.get(device_pk)
-        if conn is not None:
-            await conn.offer(eid, data)
+        if conn is not None and conn.feed is not None:
+            await conn.feed.offer(eid, data)
 
     async def push(self, device_pk: int, data: bytes) -> bool:
         """Push an unstored frame; False when the device is not connected."""

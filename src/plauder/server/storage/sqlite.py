@@ -233,15 +233,16 @@ class SqliteStore:
         return self._thread is not None and self._thread.is_alive()
 
     async def _call(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        result: T = await self._submit(op)
+        result: T = await self._enqueue(op)
         return result
 
-    async def _submit(self, op: Op | SendOp | AckOp) -> Any:
+    def _enqueue(self, op: Op | SendOp | AckOp) -> asyncio.Future[Any]:
+        """Queue an operation for the writer thread; the future settles after COMMIT."""
         if self._thread is None or self._loop is None or not self._thread.is_alive():
             raise StorageError("store is not running")
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._queue.put((op, fut))
-        return await fut
+        return fut
 
     # --- accounts and codes ------------------------------------------------------------
 
@@ -418,7 +419,7 @@ class SqliteStore:
         self, sender: Sender, cmid: bytes, envelopes: list[OutEnvelope], now_ms: int
     ) -> StoredMessage:
         """Check recipients and store all envelopes of one message atomically."""
-        result: StoredMessage = await self._submit(SendOp(sender, cmid, envelopes, now_ms))
+        result: StoredMessage = await self._enqueue(SendOp(sender, cmid, envelopes, now_ms))
         return result
 
     async def resolve_targets(
@@ -448,7 +449,7 @@ class SqliteStore:
 
     async def ack(self, device_pk: int, eids: list[int]) -> int:
         """Delete a device's envelopes; returns how many of them existed."""
-        deleted: int = await self._submit(AckOp(device_pk, list(eids)))
+        deleted: int = await self._enqueue(AckOp(device_pk, list(eids)))
         return deleted
 
     async def sweep(self, now_ms: int, envelope_ttl_ms: int) -> int:
