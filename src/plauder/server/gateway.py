@@ -209,13 +209,8 @@ class Connection:
     async def _request(self, request_id: int, frame: ClientFrame, sender: Sender) -> None:
         try:
             await self._dispatch(frame, sender)
-        except ServiceError as exc:
-            await self.error(request_id, exc.code, exc.message)
-        except StorageError:
-            await self.error(request_id, ErrorCode.UNAVAILABLE, "storage unavailable: try again")
-        except Exception:
-            log.exception("request failed")
-            await self.error(request_id, ErrorCode.INTERNAL, "internal error")
+        except Exception as exc:
+            await self._report(request_id, exc)
         finally:
             self.pending -= 1
             if self.pending < MAX_PENDING_REQUESTS:
@@ -224,12 +219,17 @@ class Connection:
     async def _guarded(self, request_id: int, work: Any) -> None:
         try:
             await work
-        except ServiceError as exc:
+        except Exception as exc:
+            await self._report(request_id, exc)
+
+    async def _report(self, request_id: int, exc: Exception) -> None:
+        """Answer a failed request with its error frame."""
+        if isinstance(exc, ServiceError):
             await self.error(request_id, exc.code, exc.message)
-        except StorageError:
+        elif isinstance(exc, StorageError):
             await self.error(request_id, ErrorCode.UNAVAILABLE, "storage unavailable: try again")
-        except Exception:
-            log.exception("request failed")
+        else:
+            log.error("request failed", exc_info=exc)
             await self.error(request_id, ErrorCode.INTERNAL, "internal error")
 
     # --- handshake and authentication --------------------------------------------------
