@@ -3,6 +3,8 @@
 import asyncio
 import json
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -99,3 +101,25 @@ async def test_message_sent_while_server_down_goes_out_after_restart(
             if isinstance(ev, MessageReceived) and ev.body == "im Funkloch":
                 break
     assert alice.history(bob.number)[-1].status in ("sent", "delivered")
+
+
+def test_a_busy_port_is_a_clear_error(server: ServerProcess, tmp_path: Path) -> None:
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "plauder.cli",
+            "serve",
+            "--port",
+            str(server.port),
+            "--data",
+            str(tmp_path / "second"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{server.port}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert server.alive()  # the first server is untouched

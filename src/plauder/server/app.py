@@ -15,7 +15,7 @@ from aiohttp import web
 from plauder.clock import Clock, SystemClock
 from plauder.server import http, logs
 from plauder.server.accounts import Accounts
-from plauder.server.config import Config
+from plauder.server.config import Config, ConfigError
 from plauder.server.errors import StorageError
 from plauder.server.gateway import Gateway
 from plauder.server.keys import Keys
@@ -139,7 +139,11 @@ def raise_file_limit() -> None:
 async def serve(config: Config) -> None:
     """Run a server until SIGTERM or SIGINT, then shut down gracefully."""
     server = Server(config)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.stop()
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
     url = f"http://{config.host}:{server.port}"
     print(f"plauder: listening on {url} (data in {config.data})", flush=True)
     if config.sms_sender == "console":
