@@ -43,6 +43,8 @@ _OP_ERRORS = (sqlite3.Error, ValueError, OverflowError, TypeError)
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1024
+CHECKPOINT_SECONDS = 0.5
+BACKSTOP_CHECKPOINT_PAGES = 20_000  # about 80 MB of WAL before the writer checkpoints itself
 DEVICE_CACHE_SIZE = 100_000
 
 
@@ -61,6 +63,8 @@ class SqliteStore:
         self._devices: dict[str, dict[int, int]] = {}  # worker thread only
         self._ids: EnvelopeIds | None = None  # worker thread only
         self._migrated = False
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
 
     async def start(self) -> None:
         """Open the database on its thread and apply missing migrations."""
@@ -72,14 +76,46 @@ class SqliteStore:
         await ready
         await self._call(_migrate)
         self._migrated = True
+        self._stop_checkpoints.clear()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_forever, name="sqlite-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
 
     async def close(self) -> None:
         """Let queued operations finish, then close the connection."""
         if self._thread is None:
             return
+        loop = asyncio.get_running_loop()
+        self._stop_checkpoints.set()
+        if self._checkpointer is not None:
+            await loop.run_in_executor(None, self._checkpointer.join)
+            self._checkpointer = None
         self._queue.put(None)
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        await loop.run_in_executor(None, self._thread.join)
         self._thread = None
+
+    def _checkpoint_forever(self) -> None:
+        """Copy the WAL into the database on a connection of its own.
+
+        SQLite's automatic checkpoint would run inside a COMMIT on the writer
+        thread, holding every request of that batch; a PASSIVE checkpoint here
+        never blocks the writer. The writer keeps a high automatic threshold as
+        a backstop should this thread fall behind.
+        """
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.warning("no checkpoint thread: %s", exc)
+            return
+        try:
+            while not self._stop_checkpoints.wait(CHECKPOINT_SECONDS):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    log.warning("checkpoint failed: %s", exc)
+        finally:
+            conn.close()
 
     # --- the worker thread -------------------------------------------------------------
 
@@ -93,6 +129,7 @@ class SqliteStore:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA secure_delete=FAST")  # zero deleted envelopes where free
             conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
         except sqlite3.Error as exc:
             err = StorageError(f"cannot open database {self._path}: {exc}")
             loop.call_soon_threadsafe(_fail, ready, err)
