@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -144,6 +145,10 @@ async def serve(config: Config) -> None:
     except OSError as exc:
         await server.stop()
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
+    # start-up objects never become garbage: keep them out of every collection, and
+    # collect the young generation less often (frames allocate many short-lived objects)
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     url = f"http://{config.host}:{server.port}"
     print(f"plauder: listening on {url} (data in {config.data})", flush=True)
     if config.sms_sender == "console":
