@@ -39,6 +39,7 @@ from plauder.server.accounts import Accounts, number_or_error
 from plauder.server.config import Config
 from plauder.server.delivery import DeviceFeed
 from plauder.server.errors import ServiceError, StorageError
+from plauder.server.framing import BatchedWriter
 from plauder.server.keys import Keys
 from plauder.server.messages import Messages
 from plauder.server.metrics import Metrics
@@ -145,6 +146,7 @@ class Connection:
         self.gw = gw
         self.ws = ws
         self.transport = transport
+        self.writer = BatchedWriter(transport, asyncio.get_running_loop())
         self.state = State.NEW
         self.challenge: bytes | None = None
         self.sender: Sender | None = None
@@ -372,11 +374,7 @@ class Connection:
     async def _send_bytes(self, data: bytes) -> bool:
         if self.state is State.CLOSED or self.ws.closed:
             return False
-        try:
-            await self.ws.send_bytes(data)
-        except (ConnectionError, RuntimeError):
-            return False
-        return True
+        return self.writer.send(data)
 
     async def send(self, frame: ServerFrame) -> None:
         """Encode and send a frame, ignoring a closed connection."""
@@ -420,6 +418,7 @@ class Connection:
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
+        self.writer.flush()  # what was queued goes out before the close frame
         await self.ws.close(code=code, message=reason.encode())
 
     async def cleanup(self) -> None:
