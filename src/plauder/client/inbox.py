@@ -77,6 +77,7 @@ class Inbox:
         self._events = events
         self.ack_delay = ack_delay
         self._drained = asyncio.Event()
+        self._receipts_lock = asyncio.Lock()
         self._busy = 0
         self._idle = asyncio.Event()
         self._acks: list[int] = []
@@ -138,16 +139,17 @@ class Inbox:
 
     async def flush_receipts(self) -> None:
         """Queue delivered receipts; they were stored with their messages, before the ack."""
-        for peer, ids in self._store.pending_receipts().items():
-            content = encode_content(Receipt(status="delivered", ids=ids))
-            try:
-                entry = await self._outbox.queue(
-                    peer, secrets.token_bytes(16), content, done_receipts=ids
-                )
-            except ClientError as exc:
-                log.warning("delivered receipt not sent yet: %s", exc)
-                continue
-            self._background.spawn(self._outbox.transmit(entry))
+        async with self._receipts_lock:  # one flush at a time: each receipt is queued once
+            for peer, ids in self._store.pending_receipts().items():
+                content = encode_content(Receipt(status="delivered", ids=ids))
+                try:
+                    entry = await self._outbox.queue(
+                        peer, secrets.token_bytes(16), content, done_receipts=ids
+                    )
+                except ClientError as exc:
+                    log.warning("delivered receipt not sent yet: %s", exc)
+                    continue
+                self._background.spawn(self._outbox.transmit(entry))
 
     async def _handle_push(self, frame: ServerFrame) -> None:
         match frame:
