@@ -8,6 +8,9 @@ from plauder.server import app
 from plauder.server.config import Config, load_config, option_names
 
 
+_FLAGS = ("host", "port", "data", "database", "redis", "node_id", "workers")
+
+
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register the `serve` subcommand."""
     p = sub.add_parser(
@@ -19,6 +22,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
     p.add_argument("--data", type=Path, help="data folder (default ./plauder-data)")
+    p.add_argument("--database", help="postgresql:// URL (default: SQLite in the data folder)")
+    p.add_argument("--redis", help="redis:// URL shared by the nodes of a cluster")
+    p.add_argument("--node-id", dest="node_id", help="this node's unique name in a cluster")
+    p.add_argument("--workers", type=int, help="processes sharing the port (needs --redis)")
     p.add_argument("--config", type=Path, help="TOML file with options (env PLAUDER_CONFIG)")
     p.add_argument(
         "--set",
@@ -26,14 +33,14 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="any other option, e.g. --set sms_sender=http; options: "
-        + ", ".join(n for n in option_names() if n not in ("host", "port", "data")),
+        + ", ".join(n for n in option_names() if n not in _FLAGS),
     )
     p.set_defaults(run=run, is_async=False)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the configuration and serve until stopped."""
-    flags: dict[str, Any] = {"host": args.host, "port": args.port, "data": args.data}
+    flags: dict[str, Any] = {name: getattr(args, name) for name in _FLAGS}
     for item in args.set:
         name, _, value = item.partition("=")
         flags[name.strip()] = value

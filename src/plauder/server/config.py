@@ -49,7 +49,16 @@ class Config:
     # retention
     envelope_ttl_days: int = 30
     sweep_interval_seconds: float = 3600.0
-    # storage
+    # storage: SQLite in the data folder unless a postgresql:// URL is given
+    database: str = ""
+    db_pool_size: int = 8  # PostgreSQL connections per process
+    # cluster: several processes or nodes share PostgreSQL and a Redis
+    redis: str = ""  # redis://host:port/db; required with workers > 1
+    redis_namespace: str = "plauder"  # prefix of every Redis key and channel
+    node_id: str = ""  # unique per process in a cluster; default: host name and pid
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT)
+    resync_seconds: float = 60.0  # how often a live feed re-reads its queue (lost pub/sub)
+    # storage tuning
     sqlite_synchronous: str = "full"  # full | normal
     commit_gather_ms: float = 1.0  # how long a lone write waits for others to share its commit
     backlog: int = 4096
@@ -70,6 +79,11 @@ class Config:
     def database_path(self) -> Path:
         """The SQLite database file inside the data folder."""
         return self.data / "plauder.db"
+
+    @property
+    def uses_postgres(self) -> bool:
+        """Whether the database is PostgreSQL rather than the embedded SQLite."""
+        return self.database.startswith(("postgres://", "postgresql://"))
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -99,6 +113,9 @@ _POSITIVE = (
     "max_bad_frames",
     "backlog",
     "shutdown_timeout_seconds",
+    "db_pool_size",
+    "workers",
+    "resync_seconds",
 )
 
 
@@ -179,5 +196,13 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"option {name} must be positive")
     if not 0 <= config.commit_gather_ms <= 50:
         raise ConfigError("option commit_gather_ms must be between 0 and 50")
+    if config.database and not config.uses_postgres:
+        raise ConfigError("option database must be a postgresql:// URL (empty: SQLite in data)")
+    if config.redis and not config.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("option redis must be a redis:// URL")
+    if config.workers > 1 and not (config.redis and config.uses_postgres):
+        raise ConfigError("option workers > 1 needs database (PostgreSQL) and redis")
+    if config.redis and not config.uses_postgres:
+        raise ConfigError("option redis needs database (PostgreSQL): nodes must share the store")
     if config.keys_low_threshold < 0:
         raise ConfigError("option keys_low_threshold must not be negative")
