@@ -1,7 +1,11 @@
 """Fixtures shared by all tests: a real server process and registered SDK clients."""
 
+import asyncio
+import concurrent.futures
+import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,17 +16,23 @@ import hypothesis  # noqa: F401 - imported up front: a late import trips a CPyth
 import pytest
 
 from plauder.client import Client
+from tests.services import Postgres, Redis
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTEN = re.compile(r"listening on (http://\S+)")
+# The integration suite runs once per backend: `sqlite` (embedded) or `postgres` (with Redis).
+BACKEND = os.environ.get("PLAUDER_TEST_BACKEND", "sqlite")
 
 
 class ServerProcess:
     """`plauder serve` running as a subprocess on 127.0.0.1 and a free port."""
 
-    def __init__(self, data: Path, options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data: Path, options: dict[str, str] | None = None, pg: Postgres | None = None
+    ) -> None:
         self.data = data
         self.options = dict(options or {})
+        self.pg = pg  # the PostgreSQL cluster holding its database, if any
         self.log_path = data.parent / f"{data.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -33,6 +43,32 @@ class ServerProcess:
     def db_path(self) -> Path:
         """The SQLite database file."""
         return self.data / "plauder.db"
+
+    @property
+    def storage(self) -> list[Path]:
+        """Every folder that holds the server's data: its own and the database's."""
+        return [self.data] + ([self.pg.data] if self.pg else [])
+
+    def sql(self, query: str, *params: object) -> list[tuple[object, ...]]:
+        """Run SQL (with `?` parameters) on the server's database, as an operator could."""
+        database = self.options.get("database")
+        if not database:
+            with sqlite3.connect(self.db_path) as db:
+                return [tuple(r) for r in db.execute(query, params).fetchall()]
+
+        async def run() -> list[tuple[object, ...]]:
+            import asyncpg
+
+            from plauder.server.storage.postgres_sends import numbered
+
+            con = await asyncpg.connect(database)
+            try:
+                return [tuple(r) for r in await con.fetch(numbered(query), *params)]
+            finally:
+                await con.close()
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, run()).result()
 
     def start(self) -> None:
         """Start the process and wait until it listens."""
@@ -105,13 +141,57 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL cluster for the whole session (each test gets its own databases)."""
+    pg = Postgres()
+    pg.start()
+    yield pg
+    pg.destroy()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    """A Redis server for the whole session (each server gets its own namespace)."""
+    redis = Redis()
+    redis.start()
+    yield redis
+    redis.stop()
+
+
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def backend_options(request: pytest.FixtureRequest) -> Callable[[str], dict[str, str]]:
+    """Options that put a server on the backend under test: a fresh database per name."""
+    if BACKEND == "sqlite":
+        return lambda name: {}
+    pg: Postgres = request.getfixturevalue("postgres")
+    redis: Redis = request.getfixturevalue("redis_server")
+    made: dict[str, dict[str, str]] = {}
+
+    def options(name: str) -> dict[str, str]:
+        if name not in made:
+            url = pg.create_database()
+            made[name] = {
+                "database": url,
+                "redis": redis.url,
+                "redis_namespace": url.rsplit("/", 1)[1],
+            }
+        return made[name]
+
+    return options
+
+
+@pytest.fixture
+def server_factory(
+    tmp_path: Path, backend_options: Callable[[str], dict[str, str]], request: pytest.FixtureRequest
+) -> Iterator[Callable[..., ServerProcess]]:
     """Start servers with options; all are stopped at the end of the test."""
     started: list[ServerProcess] = []
 
     def make(name: str = "server", **options: str) -> ServerProcess:
-        srv = ServerProcess(tmp_path / name, {k: str(v) for k, v in options.items()})
+        merged = {**backend_options(name), **{k: str(v) for k, v in options.items()}}
+        pg = request.getfixturevalue("postgres") if "database" in merged else None
+        srv = ServerProcess(tmp_path / name, merged, pg)
         srv.start()
         started.append(srv)
         return srv

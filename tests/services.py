@@ -1,5 +1,6 @@
 """Throwaway PostgreSQL, Redis and HAProxy processes on 127.0.0.1 for tests and benchmarks."""
 
+import contextlib
 import glob
 import os
 import shutil
@@ -61,7 +62,17 @@ class Postgres:
             shutil.chown(self.dir, "postgres", "postgres")
         subprocess.run(
             _as_postgres(
-                [_pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "plauder", "-E", "UTF8"]
+                [
+                    _pg_bin("initdb"),
+                    "-D",
+                    str(self.data),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "plauder",
+                    "-E",
+                    "UTF8",
+                ]
             ),
             check=True,
             stdout=subprocess.DEVNULL,
@@ -109,10 +120,8 @@ class Postgres:
         pid_file = self.data / "postmaster.pid"
         if pid_file.exists():
             pid = int(pid_file.read_text().split()[0])
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
         if self.proc is not None:
             self.proc.wait(30)
             self.proc = None

@@ -2,7 +2,6 @@
 
 import asyncio
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -23,8 +22,7 @@ HERE = Path(__file__).parent
 
 def queued(server: ServerProcess) -> int:
     """Envelopes the server holds in its database."""
-    with sqlite3.connect(server.db_path) as db:
-        return int(db.execute("SELECT count(*) FROM envelopes").fetchone()[0])
+    return int(server.sql("SELECT count(*) FROM envelopes")[0][0])  # type: ignore[call-overload]
 
 
 async def test_kill_9_after_ok_loses_nothing(
@@ -160,10 +158,12 @@ async def test_server_files_never_contain_plaintext(
                     hits.append(path)
         return hits
 
-    assert scan(server.data) == []  # database, WAL and shared memory while running
+    for folder in server.storage:  # database, WAL and shared memory while running
+        assert scan(folder) == []
     assert secret not in server.log_text()
     server.stop()
-    assert scan(server.data) == []  # after the checkpoint at shutdown
+    for folder in server.storage:  # after the checkpoint at shutdown
+        assert scan(folder) == []
     assert not [p for p in [server.log_path] if secret.encode() in p.read_bytes()]
     # the clients' stores keep message bodies sealed too
     assert scan(tmp_path / "profiles") == []

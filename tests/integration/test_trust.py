@@ -1,6 +1,5 @@
 """Clients trust account keys, not the server: injected devices and key changes."""
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,19 @@ def inject_device(server: ServerProcess, number: str, signed_by: AccountKey) -> 
     """Do what a malicious server would: add a device the account never signed."""
     rogue = Device.create()
     keys = signed_by.sign_device(rogue.identity_key, rogue.signing_key, 7)
-    with sqlite3.connect(server.db_path) as db:
-        (account_id,) = db.execute("SELECT id FROM accounts WHERE number = ?", (number,)).fetchone()
-        db.execute(
-            "INSERT INTO devices (account_id, device_id, identity_key, signing_key, signature, "
-            "created) VALUES (?, 7, ?, ?, ?, 0)",
-            (account_id, keys.identity_key, keys.signing_key, keys.signature),
-        )
+    ((account_id,),) = server.sql("SELECT id FROM accounts WHERE number = ?", number)
+    server.sql(
+        "INSERT INTO devices (account_id, device_id, identity_key, signing_key, signature, "
+        "created) VALUES (?, 7, ?, ?, ?, 0)",
+        account_id,
+        keys.identity_key,
+        keys.signing_key,
+        keys.signature,
+    )
 
 
 def envelopes(server: ServerProcess) -> int:
-    with sqlite3.connect(server.db_path) as db:
-        return int(db.execute("SELECT count(*) FROM envelopes").fetchone()[0])
+    return int(server.sql("SELECT count(*) FROM envelopes")[0][0])  # type: ignore[call-overload]
 
 
 async def test_client_refuses_device_not_signed_by_account_key(

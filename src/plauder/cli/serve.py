@@ -7,7 +7,6 @@ from typing import Any
 from plauder.server import app
 from plauder.server.config import Config, load_config, option_names
 
-
 _FLAGS = ("host", "port", "data", "database", "redis", "node_id", "workers")
 
 
@@ -33,7 +32,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="any other option, e.g. --set sms_sender=http; options: "
-        + ", ".join(n for n in option_names() if n not in _FLAGS),
+        + ", ".join(n for n in option_names() if n not in ("host", "port", "data")),
     )
     p.set_defaults(run=run, is_async=False)
 

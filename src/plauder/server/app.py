@@ -25,7 +25,7 @@ from plauder.server.metrics import Metrics
 from plauder.server.presence import PresenceService
 from plauder.server.router import LocalRouter
 from plauder.server.sms import CodeSender, ConsoleSender, HttpSender
-from plauder.server.storage.sqlite import SqliteStore
+from plauder.server.storage.factory import open_store
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,7 @@ class Server:
         self.config = config
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
-        self.store = SqliteStore(
-            config.database_path, config.sqlite_synchronous, config.commit_gather_ms
-        )
+        self.store = open_store(config)
         self.sender: CodeSender = (
             HttpSender(config.sms_http_url) if config.sms_sender == "http" else ConsoleSender()
         )

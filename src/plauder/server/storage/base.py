@@ -97,6 +97,14 @@ class Sender:
 class Store(Protocol):
     """Durable state of the server; every method is one atomic operation."""
 
+    batches: int  # group commits so far
+    operations: int  # operations in them
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the store can take operations (its thread or writers run)."""
+        ...
+
     async def start(self) -> None:
         """Open the database and bring its schema up to date."""
         ...

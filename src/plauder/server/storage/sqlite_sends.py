@@ -1,31 +1,40 @@
-"""Storing all sends of one group commit with a few multi-row statements."""
+"""SQLite's side of group commits: multi-row statements for all sends and acks of a batch."""
 
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from plauder.protocol.frames import OutEnvelope
-from plauder.server.errors import ServiceError
-from plauder.server.storage.base import Delivery, Sender, StoredMessage
+from plauder.server.storage import queries
+from plauder.server.storage.batch import AckOp, AckPlan, Outcome, SendOp, SendPlan
 
 T = TypeVar("T")
 
-ROWS_PER_STATEMENT = 400  # 6 values a row stays far below SQLite's 32766 variables
+ROWS_PER_STATEMENT = 400  # 7 values a row stays far below SQLite's 32766 variables
 
 
-@dataclass(frozen=True, slots=True)
-class SendOp:
-    """One `send` waiting in the writer's queue."""
+class SqliteTx:
+    """A `queries.Tx` over a sqlite3 connection; its methods never suspend."""
 
-    sender: Sender
-    cmid: bytes
-    envelopes: list[OutEnvelope]
-    now_ms: int
+    __slots__ = ("c",)
 
+    def __init__(self, c: sqlite3.Connection) -> None:
+        self.c = c
 
-Resolver = Callable[[sqlite3.Connection, Sender, list[OutEnvelope]], list[tuple[int, OutEnvelope]]]
-Outcome = StoredMessage | ServiceError
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run a statement; returns the number of rows it changed."""
+        return int(self.c.execute(sql, args).rowcount)
+
+    async def fetchone(self, sql: str, *args: Any) -> Any:
+        """The first row of a query, or None."""
+        return self.c.execute(sql, args).fetchone()
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Any]:
+        """All rows of a query."""
+        return self.c.execute(sql, args).fetchall()
+
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run a statement once per row of parameters."""
+        self.c.executemany(sql, rows)
 
 
 class EnvelopeIds:
@@ -37,11 +46,11 @@ class EnvelopeIds:
         self.next = max(row[0] if row else 0, top) + 1
         self._saved = self.next
 
-    def take(self) -> int:
-        """The next id."""
-        eid = self.next
-        self.next += 1
-        return eid
+    def take(self, n: int) -> list[int]:
+        """The next n ids."""
+        first = self.next
+        self.next += n
+        return list(range(first, self.next))
 
     def save(self, c: sqlite3.Connection) -> None:
         """Record the high-water mark inside the batch's transaction."""
@@ -58,55 +67,16 @@ class EnvelopeIds:
 
 
 def store_sends(
-    c: sqlite3.Connection, ops: list[SendOp], resolve: Resolver, ids: EnvelopeIds
+    c: sqlite3.Connection,
+    ops: list[SendOp],
+    devices: Callable[[str], dict[int, int]],
+    ids: EnvelopeIds,
 ) -> list[Outcome]:
     """Check and store many sends; a refused one is an error, the rest are stored."""
-    outcomes: list[Outcome | None] = [None] * len(ops)
-    targets: dict[int, list[tuple[int, OutEnvelope]]] = {}
-    for i, op in enumerate(ops):
-        try:
-            targets[i] = resolve(c, op.sender, op.envelopes)
-        except ServiceError as exc:
-            outcomes[i] = exc
-    fresh = _record_cmids(c, ops, list(targets))
-    rows: list[tuple[int, int, str, int, int, bytes, int]] = []
-    for i, found in targets.items():
-        op = ops[i]
-        if i not in fresh:
-            outcomes[i] = StoredMessage(_first_ts(c, op), True, ())
-            continue
-        deliveries = []
-        for device_pk, env in found:
-            eid = ids.take()
-            rows.append(
-                (
-                    eid,
-                    device_pk,
-                    op.sender.number,
-                    op.sender.device_id,
-                    env.type,
-                    env.body,
-                    op.now_ms,
-                )
-            )
-            deliveries.append(Delivery(device_pk, eid, env))
-        outcomes[i] = StoredMessage(op.now_ms, False, tuple(deliveries))
-    for chunk in _chunks(rows):
-        c.execute(
-            "INSERT INTO envelopes (id, device_pk, sender, sender_device, type, body, ts) "
-            "VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
-            [v for row in chunk for v in row],
-        )
-    ids.save(c)
-    return [o for o in outcomes if o is not None]
-
-
-def _record_cmids(c: sqlite3.Connection, ops: list[SendOp], indexes: list[int]) -> set[int]:
-    """Insert dedup records; returns the indexes whose (device, cmid) was new."""
-    inserted: set[tuple[int, bytes]] = set()
-    keys = [(ops[i].sender.device_pk, ops[i].cmid, ops[i].now_ms) for i in indexes]
-    for chunk in _chunks(keys):
-        inserted.update(
+    plan = SendPlan(ops, devices)
+    inserted: list[tuple[int, bytes]] = []
+    for chunk in _chunks(plan.cmid_keys()):
+        inserted.extend(
             (r[0], bytes(r[1]))
             for r in c.execute(
                 "INSERT INTO sent_messages (device_pk, cmid, ts) VALUES "
@@ -115,73 +85,47 @@ def _record_cmids(c: sqlite3.Connection, ops: list[SendOp], indexes: list[int]) 
                 [v for key in chunk for v in key],
             )
         )
-    fresh: set[int] = set()
-    for i in indexes:  # the first of two equal sends in one batch is the fresh one
-        key = (ops[i].sender.device_pk, ops[i].cmid)
-        if key in inserted:
-            inserted.discard(key)
-            fresh.add(i)
-    return fresh
-
-
-def _first_ts(c: sqlite3.Connection, op: SendOp) -> int:
-    row = c.execute(
-        "SELECT ts FROM sent_messages WHERE device_pk = ? AND cmid = ?",
-        (op.sender.device_pk, op.cmid),
-    ).fetchone()
-    return int(row[0]) if row else op.now_ms
-
-
-def _chunks(rows: list[T]) -> list[list[T]]:
-    return [rows[i : i + ROWS_PER_STATEMENT] for i in range(0, len(rows), ROWS_PER_STATEMENT)]
-
-
-@dataclass(frozen=True, slots=True)
-class AckOp:
-    """One `ack` waiting in the writer's queue."""
-
-    device_pk: int
-    eids: list[int]
+    rows, repeated = plan.rows(inserted, ids.take)
+    tx = SqliteTx(c)
+    for i in repeated:
+        op = ops[i]
+        plan.repeated(i, queries.run_sync(queries.first_ts(tx, op.sender.device_pk, op.cmid)))
+    for rows_chunk in _chunks(rows):
+        c.execute(
+            "INSERT INTO envelopes (id, device_pk, sender, sender_device, type, body, ts) "
+            "VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(rows_chunk)),
+            [v for row in rows_chunk for v in row],
+        )
+    ids.save(c)
+    return plan.results()
 
 
 def delete_acked(c: sqlite3.Connection, ops: list[AckOp]) -> list[int]:
     """Delete every acked envelope of a batch at once; returns how many each op deleted.
 
-    A device may only delete its own envelopes. The fast path deletes by id
-    and checks the owners of what it deleted; if anyone acked another device's
-    envelope, it undoes that and deletes op by op with the owner in the query.
+    The fast path deletes by id and checks the owners of what it deleted; if
+    anyone acked another device's envelope, it undoes that and deletes op by
+    op with the owner in the query.
     """
-    owner: dict[int, int] = {}
-    for i, op in enumerate(ops):
-        for eid in op.eids:
-            owner.setdefault(eid, i)
-    counts = [0] * len(ops)
+    plan = AckPlan(ops)
     c.execute("SAVEPOINT acks")
-    foreign = False
-    for chunk in _chunks(list(owner)):
-        for eid, device_pk in c.execute(
-            "DELETE FROM envelopes WHERE id IN (" + ",".join("?" * len(chunk)) + ") "
-            "RETURNING id, device_pk",
-            chunk,
-        ):
-            i = owner[eid]
-            if ops[i].device_pk != device_pk:
-                foreign = True
-            counts[i] += 1
+    deleted: list[tuple[int, int]] = []
+    for chunk in _chunks(list(plan.owner)):
+        deleted.extend(
+            c.execute(
+                "DELETE FROM envelopes WHERE id IN (" + ",".join("?" * len(chunk)) + ") "
+                "RETURNING id, device_pk",
+                chunk,
+            )
+        )
+    counts, foreign = plan.count(deleted)
     if foreign:
         c.execute("ROLLBACK TO acks")
-        counts = [_delete_own(c, op) for op in ops]
+        tx = SqliteTx(c)
+        counts = [queries.run_sync(queries.delete_own(tx, op.device_pk, op.eids)) for op in ops]
     c.execute("RELEASE acks")
     return counts
 
 
-def _delete_own(c: sqlite3.Connection, op: AckOp) -> int:
-    deleted = 0
-    for chunk in _chunks(sorted(set(op.eids))):
-        deleted += c.execute(
-            "DELETE FROM envelopes WHERE device_pk = ? AND id IN ("
-            + ",".join("?" * len(chunk))
-            + ")",
-            (op.device_pk, *chunk),
-        ).rowcount
-    return deleted
+def _chunks(rows: list[T]) -> list[list[T]]:
+    return [rows[i : i + ROWS_PER_STATEMENT] for i in range(0, len(rows), ROWS_PER_STATEMENT)]

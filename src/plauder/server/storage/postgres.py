@@ -1,0 +1,209 @@
+"""The PostgreSQL backend: a connection pool, writes batched into group commits."""
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import asyncpg
+
+from plauder.protocol.frames import OutEnvelope
+from plauder.server.errors import ServiceError, StorageError
+from plauder.server.storage import queries
+from plauder.server.storage.base import (
+    Delivery,
+    Sender,
+)
+from plauder.server.storage.batch import AckOp, SendOp, resolve
+from plauder.server.storage.methods import SharedMethods
+from plauder.server.storage.postgres_sends import PgTx, delete_acked, store_sends
+from plauder.server.storage.schema import POSTGRES_TYPES
+
+T = TypeVar("T")
+_Item = tuple[SendOp | AckOp, asyncio.Future[Any]]
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1024
+LANES = 3  # batches committing at once: one builds while others wait for their fsync
+MIGRATION_LOCK = 0x706C6175  # advisory lock id: one node migrates at a time
+ACQUIRE_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 10.0
+ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def unavailable(exc: BaseException) -> StorageError:
+    """The error a request gets when the database cannot answer."""
+    return StorageError(f"database unavailable: {type(exc).__name__}: {exc}")
+
+
+class PostgresStore(SharedMethods):
+    """Store on PostgreSQL; `ok` is only answered after COMMIT.
+
+    Sends and acks queue for a few writer lanes that each take everything
+    waiting and commit it in one transaction with array statements; other
+    operations run on a pooled connection of their own.
+    """
+
+    def __init__(self, url: str, pool_size: int = 8, gather_ms: float = 1.0) -> None:
+        self._url = url
+        self._pool_size = pool_size
+        self._gather = gather_ms / 1000
+        self._pool: asyncpg.Pool | None = None
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._writers: list[asyncio.Task[None]] = []
+        self.batches = 0
+        self.operations = 0
+        self.failures = 0
+        self.version = 0
+
+    async def start(self) -> None:
+        """Connect and bring the schema up to date."""
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._url,
+                min_size=1,
+                max_size=self._pool_size,
+                command_timeout=COMMAND_TIMEOUT,
+            )
+        except (*ERRORS, ValueError) as exc:
+            raise StorageError(f"cannot connect to the database: {exc}") from exc
+        self.version = await self.upgrade()
+        self._writers = [
+            asyncio.get_running_loop().create_task(self._write_forever()) for _ in range(LANES)
+        ]
+
+    async def upgrade(self) -> int:
+        """Apply missing migrations under an advisory lock; returns the schema version."""
+
+        async def locked(tx: PgTx) -> int:
+            await tx.con.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            return await queries.migrate(tx, POSTGRES_TYPES)
+
+        return await self._query(locked)
+
+    async def close(self) -> None:
+        """Let queued writes finish, then close the pool."""
+        for _ in self._writers:
+            self._queue.put_nowait(None)
+        if self._writers:
+            await asyncio.gather(*self._writers, return_exceptions=True)
+        self._writers = []
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the store is open and its writers run (the database may still be down)."""
+        return self._pool is not None and all(not w.done() for w in self._writers)
+
+    # --- running operations --------------------------------------------------------------
+
+    async def _query(
+        self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, write: bool = True
+    ) -> T:
+        """Run a shared operation (storage/queries.py) on a pooled connection."""
+        if self._pool is None:
+            raise StorageError("store is not running")
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as con:
+                if not write:
+                    return await fn(PgTx(con), *args)
+                async with con.transaction():
+                    return await fn(PgTx(con), *args)
+        except ServiceError:
+            raise
+        except ERRORS as exc:
+            self.failures += 1
+            raise unavailable(exc) from exc
+
+    def _enqueue(self, op: SendOp | AckOp) -> asyncio.Future[Any]:
+        if self._pool is None or not self._writers:
+            raise StorageError("store is not running")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((op, fut))
+        return fut
+
+    async def _write_forever(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            if self._queue.empty() and self._gather > 0:
+                await asyncio.sleep(self._gather)  # let neighbours share the commit
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is None:
+                    self._queue.put_nowait(None)  # for this lane's next turn
+                    break
+                batch.append(nxt)
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # never lose the writer: fail the batch instead
+                log.exception("batch commit failed")
+                _fail_all(batch, unavailable(exc))
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        """Store a batch in one transaction; on a database error retry it op by op."""
+        assert self._pool is not None
+        sends = [(op, fut) for op, fut in batch if isinstance(op, SendOp)]
+        acks = [(op, fut) for op, fut in batch if isinstance(op, AckOp)]
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as con, con.transaction():
+                counts = await delete_acked(con, [op for op, _ in acks]) if acks else []
+                outcomes = await store_sends(con, [op for op, _ in sends]) if sends else []
+        except asyncpg.PostgresError as exc:
+            if len(batch) > 1 and not _connection_lost(exc):
+                for item in batch:
+                    await self._commit([item])
+                return
+            self.failures += 1
+            _fail_all(batch, unavailable(exc))
+            return
+        except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            self.failures += 1
+            _fail_all(batch, unavailable(exc))
+            return
+        self.batches += 1
+        self.operations += len(batch)
+        for (_, fut), n in zip(acks, counts, strict=True):
+            _settle(fut, n, None)
+        for (_, fut), outcome in zip(sends, outcomes, strict=True):
+            if isinstance(outcome, ServiceError):
+                _settle(fut, None, outcome)
+            else:
+                _settle(fut, outcome, None)
+
+    async def resolve_targets(
+        self, sender: Sender, envelopes: list[OutEnvelope]
+    ) -> tuple[Delivery, ...]:
+        """Check recipients of an ephemeral message without storing it (eid 0)."""
+        numbers = list(dict.fromkeys(env.to for env in envelopes))
+        pks = await self._query(queries.device_pks, numbers, write=False)
+        found = resolve(sender, envelopes, lambda number: pks.get(number, {}))
+        return tuple(Delivery(pk, 0, env) for pk, env in found)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.CannotConnectNowError,
+    )
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(value)
+    else:
+        fut.set_exception(exc)
+
+
+def _fail_all(batch: list[_Item], exc: BaseException) -> None:
+    for _, fut in batch:
+        _settle(fut, None, exc)
