@@ -16,6 +16,9 @@ import hypothesis  # noqa: F401 - imported up front: a late import trips a CPyth
 import pytest
 
 from plauder.client import Client
+from plauder.server.config import load_config
+from plauder.server.storage.base import Store
+from plauder.server.storage.factory import open_store
 from tests.services import Postgres, Redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,6 +182,18 @@ def backend_options(request: pytest.FixtureRequest) -> Callable[[str], dict[str,
         return made[name]
 
     return options
+
+
+@pytest.fixture
+async def store(
+    tmp_path: Path, backend_options: Callable[[str], dict[str, str]]
+) -> AsyncIterator[Store]:
+    """A started store of the backend under test, empty."""
+    config = load_config({"data": tmp_path / "store", **backend_options("store")}, env={})
+    s = open_store(config)
+    await s.start()
+    yield s
+    await s.close()
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ shown without waiting for them.
 import io
 import re
 import secrets
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -21,22 +19,12 @@ from plauder.server.config import Config
 from plauder.server.errors import ServiceError
 from plauder.server.ratelimit import KeyedLimiter, TokenBucket
 from plauder.server.sms import ConsoleSender
-from plauder.server.storage.base import CodeCheck, Sender
-from plauder.server.storage.sqlite import SqliteStore
+from plauder.server.storage.base import CodeCheck, Sender, Store
 
 ALICE = "+4915100000001"
 BOB = "+4915100000002"
 DAY_MS = 86_400_000
 TTL_MS = Config().envelope_ttl_days * DAY_MS  # 30 days
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    """A real SQLite store in a temporary folder."""
-    s = SqliteStore(tmp_path / "plauder.db")
-    await s.start()
-    yield s
-    await s.close()
 
 
 @pytest.fixture
@@ -48,7 +36,7 @@ def clock() -> ManualClock:
 class Codes:
     """Accounts on the store, with codes printed to a buffer instead of a console."""
 
-    def __init__(self, store: SqliteStore, clock: ManualClock, **options: int) -> None:
+    def __init__(self, store: Store, clock: ManualClock, **options: int) -> None:
         self.out = io.StringIO()
         self.config = Config(**options)  # type: ignore[arg-type]
         self.accounts = Accounts(
@@ -88,7 +76,7 @@ def wrong(code: str) -> str:
 # --- verification codes ---------------------------------------------------------------
 
 
-async def test_code_expires_after_code_ttl(store: SqliteStore, clock: ManualClock) -> None:
+async def test_code_expires_after_code_ttl(store: Store, clock: ManualClock) -> None:
     codes = Codes(store, clock, code_ttl_seconds=600)
     code = await codes.request(ALICE)
     clock.advance(599)
@@ -101,7 +89,7 @@ async def test_code_expires_after_code_ttl(store: SqliteStore, clock: ManualCloc
     assert await codes.verify(ALICE, code) == 1
 
 
-async def test_store_reports_an_expired_code(store: SqliteStore) -> None:
+async def test_store_reports_an_expired_code(store: Store) -> None:
     now = 1_700_000_000_000
     await store.save_code(ALICE, b"right", now + 600_000)
     assert await store.check_code(ALICE, b"wrong", now + 599_999, 5) is CodeCheck.WRONG
@@ -109,7 +97,7 @@ async def test_store_reports_an_expired_code(store: SqliteStore) -> None:
     assert await store.check_code(ALICE, b"right", now + 600_001, 5) is CodeCheck.NO_CODE
 
 
-async def test_five_wrong_attempts_lock_the_code(store: SqliteStore, clock: ManualClock) -> None:
+async def test_five_wrong_attempts_lock_the_code(store: Store, clock: ManualClock) -> None:
     codes = Codes(store, clock)
     assert codes.config.code_attempts == 5
     code = await codes.request(ALICE)
@@ -124,7 +112,7 @@ async def test_five_wrong_attempts_lock_the_code(store: SqliteStore, clock: Manu
     assert await codes.verify(ALICE, code) == 1
 
 
-async def test_store_counts_attempts(store: SqliteStore) -> None:
+async def test_store_counts_attempts(store: Store) -> None:
     await store.save_code(ALICE, b"right", 10_000)
     checks = [await store.check_code(ALICE, b"wrong", 0, 5) for _ in range(5)]
     assert checks == [CodeCheck.WRONG] * 4 + [CodeCheck.TOO_MANY_ATTEMPTS]
@@ -134,9 +122,7 @@ async def test_store_counts_attempts(store: SqliteStore) -> None:
     assert await store.check_code(ALICE, b"again", 0, 5) is CodeCheck.NO_CODE  # consumed
 
 
-async def test_codes_per_number_refill_over_the_hour(
-    store: SqliteStore, clock: ManualClock
-) -> None:
+async def test_codes_per_number_refill_over_the_hour(store: Store, clock: ManualClock) -> None:
     codes = Codes(store, clock, codes_per_number_per_hour=2)
     await codes.request(ALICE)
     await codes.request(ALICE)
@@ -151,7 +137,7 @@ async def test_codes_per_number_refill_over_the_hour(
         await codes.request(ALICE)
 
 
-async def test_invalid_number_gets_no_code(store: SqliteStore, clock: ManualClock) -> None:
+async def test_invalid_number_gets_no_code(store: Store, clock: ManualClock) -> None:
     codes = Codes(store, clock)
     with pytest.raises(ServiceError) as info:
         await codes.accounts.request_code(RequestCode(id=1, number="12345"))
@@ -162,7 +148,7 @@ async def test_invalid_number_gets_no_code(store: SqliteStore, clock: ManualCloc
 # --- messages -----------------------------------------------------------------------------
 
 
-async def register(store: SqliteStore, number: str) -> Sender:
+async def register(store: Store, number: str) -> Sender:
     """An account with one device, straight in the store."""
     keys = DeviceKeys(device_id=1, identity_key="ik", signing_key="sk", signature="sig")
     reg = await store.register(number, "account-key-" + number, keys, [], None, 0)
@@ -174,12 +160,12 @@ def to(recipient: Sender, body: bytes) -> list[OutEnvelope]:
     return [OutEnvelope(to=recipient.number, device_id=recipient.device_id, type=1, body=body)]
 
 
-async def queued_bodies(store: SqliteStore, device: Sender) -> list[bytes]:
+async def queued_bodies(store: Store, device: Sender) -> list[bytes]:
     """The bodies queued for a device, oldest first."""
     return [e.body for e in await store.fetch_queued(device.device_pk, 0, 1000)]
 
 
-async def test_sweep_deletes_envelopes_older_than_the_ttl(store: SqliteStore) -> None:
+async def test_sweep_deletes_envelopes_older_than_the_ttl(store: Store) -> None:
     alice, bob = await register(store, ALICE), await register(store, BOB)
     now = 1_800_000_000_000
     ages = {
@@ -204,7 +190,7 @@ async def test_sweep_deletes_envelopes_older_than_the_ttl(store: SqliteStore) ->
     assert retry.duplicate
 
 
-async def test_sweep_deletes_expired_codes(store: SqliteStore) -> None:
+async def test_sweep_deletes_expired_codes(store: Store) -> None:
     await store.save_code(ALICE, b"old", 1_000)
     await store.save_code(BOB, b"live", 5_000)
     await store.sweep(2_000, TTL_MS)
@@ -212,7 +198,7 @@ async def test_sweep_deletes_expired_codes(store: SqliteStore) -> None:
     assert await store.check_code(BOB, b"live", 0, 5) is CodeCheck.OK
 
 
-async def test_same_cmid_twice_is_stored_once(store: SqliteStore) -> None:
+async def test_same_cmid_twice_is_stored_once(store: Store) -> None:
     alice, bob = await register(store, ALICE), await register(store, BOB)
     cmid = secrets.token_bytes(16)
     first = await store.store_message(alice, cmid, to(bob, b"hello"), 1_000)
@@ -231,7 +217,7 @@ async def test_same_cmid_twice_is_stored_once(store: SqliteStore) -> None:
     assert await queued_bodies(store, bob) == []
 
 
-async def test_cmids_are_per_sending_device(store: SqliteStore) -> None:
+async def test_cmids_are_per_sending_device(store: Store) -> None:
     alice, bob = await register(store, ALICE), await register(store, BOB)
     cmid = secrets.token_bytes(16)
     await store.store_message(alice, cmid, to(bob, b"from alice"), 1_000)

@@ -37,7 +37,8 @@ class DeviceFeed:
         self._send = send
         self._writable = writable
         self._window = window
-        self._last_eid = 0
+        self._last_eid = 0  # the pump reads after this id
+        self._rewind: int | None = None  # read again from here, before the next page
         self._unacked: set[int] = set()
         self._live = False
         self._dirty = False
@@ -61,26 +62,32 @@ class DeviceFeed:
         return len(self._unacked)
 
     async def offer(self, eid: int, data: bytes) -> None:
-        """A new envelope was stored: push it now if live, else the pump will."""
+        """A new envelope was stored: push it now if live, else the pump will.
+
+        Envelope ids need not arrive in order: on PostgreSQL, transactions
+        commit in any order, and other nodes' offers come through Redis. A
+        live feed pushes what it is offered; a feed catching up moves its read
+        position back before an id it may have read past.
+        """
         if self._closed or eid in self._unacked:
             return
-        if eid <= self._last_eid:
-            if not self._live:
-                return  # the pump's read already covered it: ids are committed in order
-            # a live offer out of commit order: read again from just before it (the
-            # client drops what it has already seen)
-            self._last_eid = eid - 1
-            self._live = False
-            self._dirty = True
-            self._kick()
-            return
         if self._live and len(self._unacked) < self._window and self._writable():
-            self._last_eid = eid
+            self._last_eid = max(self._last_eid, eid)
             self._unacked.add(eid)
             if await self._send(data):
                 return
             self._unacked.discard(eid)
+        self._rewind_to(eid - 1)
+
+    def resync(self) -> None:
+        """Read everything still queued again: live offers may have been lost."""
+        if not self._closed:
+            self._rewind_to(0)
+
+    def _rewind_to(self, position: int) -> None:
+        """Go back to catching up, reading again from position at the latest."""
         self._live = False
+        self._rewind = position if self._rewind is None else min(self._rewind, position)
         self._dirty = True
         self._kick()
 
@@ -102,10 +109,16 @@ class DeviceFeed:
                 if room <= 0:
                     return  # resumed by acked()
                 self._dirty = False
+                if self._rewind is not None:
+                    self._last_eid = min(self._last_eid, self._rewind)
+                    self._rewind = None
                 rows = await self._store.fetch_queued(
                     self._device_pk, self._last_eid, min(PAGE, room)
                 )
                 for row in rows:
+                    self._last_eid = max(self._last_eid, row.eid)
+                    if row.eid in self._unacked:
+                        continue  # pushed before and not yet acknowledged
                     data = codec.encode(
                         Envelope(
                             eid=row.eid,
@@ -117,7 +130,6 @@ class DeviceFeed:
                         )
                     )
                     self._unacked.add(row.eid)
-                    self._last_eid = row.eid
                     if not await self._send(data):
                         return  # the connection is closed
                 if len(rows) < min(PAGE, room) and not self._dirty:
