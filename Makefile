@@ -17,8 +17,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/plauder serve
 
+# Every test on the embedded SQLite, then everything that touches storage again on
+# PostgreSQL + Redis (the tests start both themselves; `.ci/run` installs them).
+BACKEND_TESTS := tests/integration tests/unit/test_server_services.py tests/unit/test_feed.py
+
 test: $(STAMP)
 	$(BIN)/pytest -q
+	PLAUDER_TEST_BACKEND=postgres $(BIN)/pytest -q $(BACKEND_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

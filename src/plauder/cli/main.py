@@ -10,7 +10,7 @@ from pathlib import Path
 import platformdirs
 
 from plauder import __version__
-from plauder.cli import chat, serve
+from plauder.cli import chat, db, serve
 from plauder.cli.output import fail
 from plauder.errors import PlauderError
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(common)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve.add_parser(sub, common)
+    db.add_parser(sub, common)
     chat.add_parsers(sub, common)
     return p
 

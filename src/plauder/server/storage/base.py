@@ -99,6 +99,7 @@ class Store(Protocol):
 
     batches: int  # group commits so far
     operations: int  # operations in them
+    version: int  # schema version, once started
 
     @property
     def healthy(self) -> bool:

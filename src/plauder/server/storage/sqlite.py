@@ -50,6 +50,7 @@ class SqliteStore(SharedMethods):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         self.operations = 0
+        self.version = 0
         self._devices: dict[str, dict[int, int]] = {}  # worker thread only
         self._ids: EnvelopeIds | None = None  # worker thread only
         self._migrated = False
@@ -64,7 +65,7 @@ class SqliteStore(SharedMethods):
         self._thread = threading.Thread(target=self._run, args=(ready,), name="sqlite", daemon=True)
         self._thread.start()
         await ready
-        await self._query(queries.migrate, SQLITE_TYPES)
+        self.version = await self._query(queries.migrate, SQLITE_TYPES)
         self._migrated = True
         self._stop_checkpoints.clear()
         self._checkpointer = threading.Thread(
