@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import os
 import resource
@@ -14,16 +15,19 @@ from pathlib import Path
 from aiohttp import web
 
 from plauder.clock import Clock, SystemClock
-from plauder.server import http, logs
-from plauder.server.accounts import Accounts
+from plauder.errors import PlauderError
+from plauder.server import http, logs, workers
+from plauder.server.accounts import Accounts, code_limit
 from plauder.server.config import Config, ConfigError
 from plauder.server.errors import StorageError
 from plauder.server.gateway import Gateway
 from plauder.server.keys import Keys
 from plauder.server.messages import Messages
 from plauder.server.metrics import Metrics
-from plauder.server.presence import PresenceService
-from plauder.server.router import LocalRouter
+from plauder.server.cluster import RedisLimiter, RedisLink, RedisPresence, RedisRouter
+from plauder.server.presence import LocalBoard, PresenceBoard, PresenceService
+from plauder.server.ratelimit import KeyedLimiter, KeyLimiter
+from plauder.server.router import LocalRouter, Router
 from plauder.server.sms import CodeSender, ConsoleSender, HttpSender
 from plauder.server.storage.factory import open_store
 
@@ -33,23 +37,40 @@ log = logging.getLogger(__name__)
 class Server:
     """One plauder server process: storage, services, gateway and HTTP site."""
 
-    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: Config, clock: Clock | None = None, reuse_port: bool = False
+    ) -> None:
         self.config = config
+        self.reuse_port = reuse_port
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
         self.store = open_store(config)
+        self.secret = load_secret(config.secret_path)
         self.sender: CodeSender = (
             HttpSender(config.sms_http_url) if config.sms_sender == "http" else ConsoleSender()
         )
-        self.router = LocalRouter()
-        self.presence = PresenceService(self.store, self.clock)
+        # one process: delivery, presence and limits in memory; a cluster: through Redis
+        self.link: RedisLink | None = None
+        self.router: Router
+        board: PresenceBoard
+        per_number: KeyLimiter
+        if config.redis:
+            self.link = RedisLink(config.redis, config.redis_namespace, config.node_id)
+            self.router = RedisRouter(self.link, config.resync_seconds)
+            board = RedisPresence(self.link)
+            per_number = RedisLimiter(self.link, "code", *code_limit(config))
+        else:
+            self.router = LocalRouter()
+            board = LocalBoard()
+            per_number = KeyedLimiter(self.clock, *code_limit(config))
+        self.presence = PresenceService(self.store, self.clock, board)
         self.gateway = Gateway(
             config=config,
             clock=self.clock,
             store=self.store,
             router=self.router,
             accounts=Accounts(
-                self.store, self.sender, self.clock, config, load_secret(config.data / "server.key")
+                self.store, self.sender, self.clock, config, self.secret, per_number
             ),
             keys=Keys(self.store, config),
             messages=Messages(self.store, self.router, self.clock, config, self.metrics),
@@ -70,11 +91,16 @@ class Server:
             "db_batches": self.store.batches,
             "db_operations": self.store.operations,
             "devices_connected": len(self.router),
+            **self.router.stats(),
         }
 
     async def start(self) -> None:
         """Open storage and start listening."""
         await self.store.start()
+        if self.link is not None:
+            await self.link.start()
+        await self.router.start()
+        await self._check_secret()
         self._runner = web.AppRunner(
             self.app,
             access_log=None,
@@ -83,13 +109,27 @@ class Server:
         )
         await self._runner.setup()
         site = web.TCPSite(
-            self._runner, self.config.host, self.config.port, backlog=self.config.backlog
+            self._runner,
+            self.config.host,
+            self.config.port,
+            backlog=self.config.backlog,
+            reuse_port=self.reuse_port or None,
         )
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def _check_secret(self) -> None:
+        """Refuse to start with a secret other than the one the cluster's nodes use."""
+        mine = hmac.new(self.secret, b"plauder secret fingerprint", "sha256").hexdigest()[:32]
+        if await self.store.claim_setting("secret_fingerprint", mine) != mine:
+            raise ConfigError(
+                f"the server secret in {self.config.secret_path} differs from the one the "
+                "other nodes of this database use: copy server.key from one of them "
+                "(option secret_file)"
+            )
 
     async def stop(self) -> None:
         """Stop accepting, finish running requests, close connections and storage."""
@@ -98,6 +138,9 @@ class Server:
         await self.gateway.shutdown()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.router.close()
+        if self.link is not None:
+            await self.link.close()
         await self.sender.close()
         await self.store.close()
 
@@ -135,14 +178,20 @@ def raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve(config: Config) -> None:
-    """Run a server until SIGTERM or SIGINT, then shut down gracefully."""
-    server = Server(config)
+async def serve(config: Config, supervisor: int | None = None) -> None:
+    """Run a server until SIGTERM or SIGINT, then shut down gracefully.
+
+    A worker (supervisor is its parent's pid) also stops when its supervisor is gone.
+    """
+    server = Server(config, reuse_port=supervisor is not None)
     try:
         await server.start()
     except OSError as exc:
         await server.stop()
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
+    except PlauderError:
+        await server.stop()
+        raise
     # start-up objects never become garbage: keep them out of every collection, and
     # collect the young generation less often (frames allocate many short-lived objects)
     gc.freeze()
@@ -159,16 +208,36 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if supervisor is not None:
+        _watch_supervisor(loop, supervisor, stop)
     await stop.wait()
     print("plauder: shutting down", flush=True)
     await server.stop()
     print("plauder: stopped", flush=True)
 
 
+def _watch_supervisor(loop: asyncio.AbstractEventLoop, parent: int, stop: asyncio.Event) -> None:
+    """Stop this worker once its supervisor is gone (checked every second)."""
+    if workers.orphaned(parent):
+        log.warning("supervisor gone: stopping")
+        stop.set()
+    else:
+        loop.call_later(1.0, _watch_supervisor, loop, parent, stop)
+
+
 def run(config: Config) -> None:
-    """Entry point of `plauder serve`."""
+    """Entry point of `plauder serve`: one process, or a supervisor of several workers."""
     logs.setup(config.log_level, config.log_format)
     raise_file_limit()
+    if config.workers > 1:
+        load_secret(config.secret_path)  # created once, before the workers share it
+        parent = os.getpid()
+        workers.supervise(config, lambda worker: _run_loop(worker, parent))
+        return
+    _run_loop(config, None)
+
+
+def _run_loop(config: Config, supervisor: int | None) -> None:
     runner_factory = None
     with contextlib.suppress(ImportError):
         import uvloop
@@ -177,4 +246,4 @@ def run(config: Config) -> None:
     if sys.platform == "win32":  # pragma: no cover
         runner_factory = None
     with asyncio.Runner(loop_factory=runner_factory) as runner:
-        runner.run(serve(config))
+        runner.run(serve(config, supervisor))

@@ -57,6 +57,9 @@ class Config:
     redis_namespace: str = "plauder"  # prefix of every Redis key and channel
     node_id: str = ""  # unique per process in a cluster; default: host name and pid
     workers: int = 1  # processes sharing the port (SO_REUSEPORT)
+    secret_file: str = (
+        ""  # the code-hashing secret, the same on every node; default data/server.key
+    )
     resync_seconds: float = 60.0  # how often a live feed re-reads its queue (lost pub/sub)
     # storage tuning
     sqlite_synchronous: str = "full"  # full | normal
@@ -79,6 +82,11 @@ class Config:
     def database_path(self) -> Path:
         """The SQLite database file inside the data folder."""
         return self.data / "plauder.db"
+
+    @property
+    def secret_path(self) -> Path:
+        """Where the server secret lives (every node of a cluster needs the same one)."""
+        return Path(self.secret_file) if self.secret_file else self.data / "server.key"
 
     @property
     def uses_postgres(self) -> bool:

@@ -114,6 +114,10 @@ class Store(Protocol):
         """Finish pending operations and close the database."""
         ...
 
+    async def claim_setting(self, name: str, value: str) -> str:
+        """Store a cluster setting unless it is set; returns the value in force."""
+        ...
+
     # accounts and verification codes
     async def save_code(self, number: str, code_hash: bytes, expires_ms: int) -> None:
         """Store a new verification code for a number, replacing an older one."""

@@ -31,6 +31,10 @@ class SharedMethods:
     def _enqueue(self, op: SendOp | AckOp) -> asyncio.Future[Any]:
         raise NotImplementedError
 
+    async def claim_setting(self, name: str, value: str) -> str:
+        """Store a cluster setting unless it is set; returns the value in force."""
+        return await self._query(queries.claim_setting, name, value)
+
     async def save_code(self, number: str, code_hash: bytes, expires_ms: int) -> None:
         """Store a new verification code for a number, replacing an older one."""
         await self._query(queries.save_code, number, code_hash, expires_ms)

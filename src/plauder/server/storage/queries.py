@@ -80,6 +80,18 @@ async def schema_version(tx: Tx) -> int:
     return int(row[0] or 0) if row else 0
 
 
+async def claim_setting(tx: Tx, name: str, value: str) -> str:
+    """Store a cluster setting unless it is set; returns the value in force."""
+    await tx.execute(
+        "INSERT INTO cluster_settings (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        name,
+        value,
+    )
+    row = await tx.fetchone("SELECT value FROM cluster_settings WHERE name = ?", name)
+    assert row is not None
+    return str(row[0])
+
+
 # --- accounts and codes ------------------------------------------------------------------
 
 

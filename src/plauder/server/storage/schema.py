@@ -65,6 +65,13 @@ MIGRATIONS: list[list[str]] = [
             attempts INTEGER NOT NULL DEFAULT 0
         )""",
     ],
+    [
+        # settings every node must agree on, e.g. a fingerprint of the server secret
+        """CREATE TABLE cluster_settings (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )""",
+    ],
 ]
 
 # Envelope ids are handed out by the server in commit order (storage/sqlite_sends.py), so
