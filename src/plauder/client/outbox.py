@@ -24,6 +24,9 @@ from plauder.protocol import codec
 from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import OutEnvelope, Send, Sent
 
+RETRY_FIRST_SECONDS = 0.25
+RETRY_MAX_SECONDS = 8.0
+
 
 class Outbox:
     """Sends stay in the store's outbox until the server stored them or refused them for good.
@@ -49,6 +52,7 @@ class Outbox:
         self._clock = clock
         self._background = background
         self._waiters: dict[bytes, asyncio.Future[Sent]] = {}
+        self._delays: dict[bytes, float] = {}  # next retry delay of sends the server put off
 
     async def queue(
         self,
@@ -130,12 +134,24 @@ class Outbox:
             self._fail(entry, exc)
         except ServerError as exc:
             if exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.RATE_LIMITED, ErrorCode.INTERNAL):
-                return  # transient: stays in the outbox
+                self._retry_later(entry)  # transient: stays in the outbox, tried again
+                return
             self._fail(entry, exc)
         except ClientError:
             return  # not connected, or this connection gave way: stays in the outbox
         else:
             self._sent(entry, answer)
+
+    def _retry_later(self, entry: OutboxEntry) -> None:
+        """Transmit again after a growing delay (the server's database may be back by then)."""
+        delay = self._delays.get(entry.cmid, RETRY_FIRST_SECONDS)
+        self._delays[entry.cmid] = min(delay * 2, RETRY_MAX_SECONDS)
+        self._background.spawn(self._transmit_after(entry, delay))
+
+    async def _transmit_after(self, entry: OutboxEntry, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if any(e.cmid == entry.cmid for e in self._store.outbox()):
+            await self.transmit(entry)
 
     async def _transmit_once(self, entry: OutboxEntry) -> Sent:
         frame = msgspec.msgpack.decode(entry.frame, type=Send)
@@ -175,6 +191,7 @@ class Outbox:
         return self._keys.encrypt(number, devices, plaintext)
 
     def _sent(self, entry: OutboxEntry, answer: Sent) -> None:
+        self._delays.pop(entry.cmid, None)
         with self._store.transaction():
             self._store.remove_outbox(entry.cmid)
             mid = entry.cmid.hex()
@@ -185,6 +202,7 @@ class Outbox:
             fut.set_result(answer)
 
     def _fail(self, entry: OutboxEntry, exc: ClientError) -> None:
+        self._delays.pop(entry.cmid, None)
         with self._store.transaction():
             self._store.remove_outbox(entry.cmid)
             self._store.set_status(self._number, [entry.cmid.hex()], "failed")
