@@ -257,21 +257,21 @@ def test_token_bucket_cost(clock: ManualClock) -> None:
     assert not bucket.take()
 
 
-def test_keyed_limiter_keeps_keys_apart(clock: ManualClock) -> None:
+async def test_keyed_limiter_keeps_keys_apart(clock: ManualClock) -> None:
     limiter = KeyedLimiter(clock, rate=1 / 3600, burst=2)
-    assert [limiter.take(ALICE) for _ in range(3)] == [True, True, False]
-    assert limiter.take(BOB)  # another key has its own bucket
+    assert [await limiter.take(ALICE) for _ in range(3)] == [True, True, False]
+    assert await limiter.take(BOB)  # another key has its own bucket
     clock.advance(3600)
-    assert limiter.take(ALICE)
-    assert not limiter.take(ALICE)
+    assert await limiter.take(ALICE)
+    assert not await limiter.take(ALICE)
 
 
-def test_keyed_limiter_does_not_forget_busy_keys(clock: ManualClock) -> None:
+async def test_keyed_limiter_does_not_forget_busy_keys(clock: ManualClock) -> None:
     # many fresh keys must not push an exhausted key out, or an attacker could
     # reset their own limit by asking for other numbers
     limiter = KeyedLimiter(clock, rate=1 / 3600, burst=1, max_keys=3)
-    assert limiter.take(ALICE)
-    assert not limiter.take(ALICE)
+    assert await limiter.take(ALICE)
+    assert not await limiter.take(ALICE)
     for i in range(10):
-        assert limiter.take(f"+49151000001{i:02d}")
-    assert not limiter.take(ALICE)
+        assert await limiter.take(f"+49151000001{i:02d}")
+    assert not await limiter.take(ALICE)

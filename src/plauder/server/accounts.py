@@ -11,8 +11,8 @@ from plauder.crypto import BadSignature, identity
 from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import RequestCode, Verify
 from plauder.server.config import Config
-from plauder.server.errors import ServiceError
-from plauder.server.ratelimit import KeyedLimiter
+from plauder.server.errors import ClusterUnavailable, ServiceError
+from plauder.server.ratelimit import KeyedLimiter, KeyLimiter
 from plauder.server.sms import CodeSender
 from plauder.server.storage import Registration, Store
 from plauder.server.storage.base import CodeCheck
@@ -43,25 +43,39 @@ def _hash(secret: bytes, number: str, code: str) -> bytes:
     return hmac.new(secret, f"{number}:{code}".encode(), hashlib.sha256).digest()
 
 
+def code_limit(config: Config) -> tuple[float, int]:
+    """Verification codes per number: per second on average, and at once."""
+    return config.codes_per_number_per_hour / 3600.0, config.codes_per_number_per_hour
+
+
 class Accounts:
     """Sends verification codes and registers verified numbers."""
 
     def __init__(
-        self, store: Store, sender: CodeSender, clock: Clock, config: Config, secret: bytes
+        self,
+        store: Store,
+        sender: CodeSender,
+        clock: Clock,
+        config: Config,
+        secret: bytes,
+        per_number: KeyLimiter | None = None,
     ) -> None:
         self._store = store
         self._secret = secret
         self._sender = sender
         self._clock = clock
         self._config = config
-        self._per_number = KeyedLimiter(
-            clock, config.codes_per_number_per_hour / 3600.0, config.codes_per_number_per_hour
-        )
+        self._per_number = per_number or KeyedLimiter(clock, *code_limit(config))
 
     async def request_code(self, frame: RequestCode) -> None:
         """Create a code for the number and send it, within the per-number limit."""
         number = number_or_error(frame.number)
-        if not self._per_number.take(number):
+        try:
+            allowed = await self._per_number.take(number)
+        except ClusterUnavailable as exc:
+            # fail closed: every code costs an SMS
+            raise ServiceError(ErrorCode.UNAVAILABLE, "cannot send codes now: try again") from exc
+        if not allowed:
             raise ServiceError(ErrorCode.RATE_LIMITED, "too many codes for this number: wait")
         code = f"{secrets.randbelow(1_000_000):06d}"
         expires = self._clock.now_ms() + self._config.code_ttl_seconds * 1000

@@ -18,13 +18,13 @@ from plauder.clock import Clock, SystemClock
 from plauder.errors import PlauderError
 from plauder.server import http, logs, workers
 from plauder.server.accounts import Accounts, code_limit
+from plauder.server.cluster import RedisLimiter, RedisLink, RedisPresence, RedisRouter
 from plauder.server.config import Config, ConfigError
 from plauder.server.errors import StorageError
 from plauder.server.gateway import Gateway
 from plauder.server.keys import Keys
 from plauder.server.messages import Messages
 from plauder.server.metrics import Metrics
-from plauder.server.cluster import RedisLimiter, RedisLink, RedisPresence, RedisRouter
 from plauder.server.presence import LocalBoard, PresenceBoard, PresenceService
 from plauder.server.ratelimit import KeyedLimiter, KeyLimiter
 from plauder.server.router import LocalRouter, Router
@@ -69,9 +69,7 @@ class Server:
             clock=self.clock,
             store=self.store,
             router=self.router,
-            accounts=Accounts(
-                self.store, self.sender, self.clock, config, self.secret, per_number
-            ),
+            accounts=Accounts(self.store, self.sender, self.clock, config, self.secret, per_number),
             keys=Keys(self.store, config),
             messages=Messages(self.store, self.router, self.clock, config, self.metrics),
             presence=self.presence,

@@ -15,3 +15,7 @@ class ServiceError(PlauderError):
 
 class StorageError(PlauderError):
     """The database failed; nothing of the request was stored."""
+
+
+class ClusterUnavailable(PlauderError):
+    """Redis, which the nodes of a cluster share, cannot be reached or refused a command."""

@@ -45,7 +45,7 @@ from plauder.server.messages import Messages
 from plauder.server.metrics import Metrics
 from plauder.server.presence import PresenceService
 from plauder.server.ratelimit import TokenBucket
-from plauder.server.router import LocalRouter
+from plauder.server.router import Router
 from plauder.server.storage import Store
 from plauder.server.storage.base import Sender
 
@@ -73,7 +73,7 @@ class Gateway:
         config: Config,
         clock: Clock,
         store: Store,
-        router: LocalRouter,
+        router: Router,
         accounts: Accounts,
         keys: Keys,
         messages: Messages,
@@ -269,8 +269,10 @@ class Connection:
                 if self.verify_attempts > gw.config.code_attempts:
                     raise ServiceError(ErrorCode.RATE_LIMITED, "too many attempts: reconnect")
                 reg = await gw.accounts.verify(frame)
+                for device_pk in reg.removed_device_pks:
+                    await gw.router.evict(device_pk)  # its receiving connection, on any node
                 removed = set(reg.removed_device_pks)
-                for conn in [
+                for conn in [  # and its send-only connections here
                     c for c in gw.connections if c.sender and c.sender.device_pk in removed
                 ]:
                     await conn.close(CloseCode.REPLACED, "the number was registered again")

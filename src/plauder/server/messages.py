@@ -7,7 +7,7 @@ from plauder.protocol.frames import Envelope, Send, Sent
 from plauder.server.config import Config
 from plauder.server.errors import ServiceError
 from plauder.server.metrics import Metrics
-from plauder.server.router import LocalRouter
+from plauder.server.router import Router
 from plauder.server.storage import Delivery, Store
 from plauder.server.storage.base import Sender
 
@@ -18,7 +18,7 @@ class Messages:
     """Stores messages before acknowledging them and routes them to their devices."""
 
     def __init__(
-        self, store: Store, router: LocalRouter, clock: Clock, config: Config, metrics: Metrics
+        self, store: Store, router: Router, clock: Clock, config: Config, metrics: Metrics
     ) -> None:
         self._store = store
         self._router = router

@@ -1,5 +1,7 @@
 """Token buckets for per-connection and per-key rate limits."""
 
+from typing import Protocol
+
 from plauder.clock import Clock
 
 
@@ -31,6 +33,17 @@ class TokenBucket:
         return self._tokens + (now - self._stamp) * self._rate >= self._burst
 
 
+class KeyLimiter(Protocol):
+    """A limit per key (a phone number, say), in this process or shared by a cluster."""
+
+    async def take(self, key: str) -> bool:
+        """Count one event of the key; False means it is over the limit.
+
+        Raises ClusterUnavailable when a shared limit cannot be checked.
+        """
+        ...
+
+
 class KeyedLimiter:
     """One token bucket per key (a phone number, say), forgetting idle keys."""
 
@@ -41,7 +54,7 @@ class KeyedLimiter:
         self._max_keys = max_keys
         self._buckets: dict[str, TokenBucket] = {}
 
-    def take(self, key: str) -> bool:
+    async def take(self, key: str) -> bool:
         """Spend one token of this key's bucket; False means over the limit."""
         bucket = self._buckets.get(key)
         if bucket is None:

@@ -15,7 +15,52 @@ class Receiver(Protocol):
         ...
 
     async def replaced(self) -> None:
-        """Close because the same device connected again."""
+        """Close: the same device connected again, or the device no longer exists."""
+        ...
+
+
+class Router(Protocol):
+    """Which connection holds which device, in this process or on any node of a cluster.
+
+    `deliver` and `push` are called with the frames of every send, so they must
+    not wait for anything remote: a device held elsewhere gets its frame later
+    (or, for a stored envelope, from the store when it reconnects or resyncs).
+    """
+
+    async def start(self) -> None:
+        """Begin background work (none for a single process)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop background work; connections are closed by the gateway before."""
+        ...
+
+    async def attach(self, device_pk: int, conn: Receiver) -> None:
+        """Make conn the device's connection, closing a previous one wherever it is."""
+        ...
+
+    def detach(self, device_pk: int, conn: Receiver) -> None:
+        """Forget conn if it is still the device's connection."""
+        ...
+
+    async def evict(self, device_pk: int) -> None:
+        """Close the connection of a device that no longer exists, wherever it is."""
+        ...
+
+    async def deliver(self, device_pk: int, eid: int, data: bytes) -> None:
+        """Offer a stored envelope to the device's connection, if it has one."""
+        ...
+
+    async def push(self, device_pk: int, data: bytes) -> None:
+        """Push an unstored frame to the device's connection, if it has one."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Counters for /metrics."""
+        ...
+
+    def __len__(self) -> int:
+        """Devices whose connection is in this process."""
         ...
 
 
@@ -24,6 +69,12 @@ class LocalRouter:
 
     def __init__(self) -> None:
         self._by_device: dict[int, Receiver] = {}
+
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    async def close(self) -> None:
+        """Nothing to stop."""
 
     async def attach(self, device_pk: int, conn: Receiver) -> None:
         """Make conn the device's connection, closing a previous one."""
@@ -53,13 +104,16 @@ class LocalRouter:
         if conn is not None and conn.feed is not None:
             await conn.feed.offer(eid, data)
 
-    async def push(self, device_pk: int, data: bytes) -> bool:
-        """Push an unstored frame; False when the device is not connected."""
+    async def push(self, device_pk: int, data: bytes) -> None:
+        """Push an unstored frame, if the device is connected."""
         conn = self._by_device.get(device_pk)
-        if conn is None:
-            return False
-        await conn.push(data)
-        return True
+        if conn is not None:
+            await conn.push(data)
+
+    def stats(self) -> dict[str, int]:
+        """No counters beyond the number of devices."""
+        return {}
 
     def __len__(self) -> int:
+        """Devices connected to this process."""
         return len(self._by_device)
