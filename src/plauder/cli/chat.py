@@ -10,14 +10,21 @@ from typing import Any
 import segno
 
 from plauder.cli.output import Printer, fail
-from plauder.client import Client, ClientError
+from plauder.client import BadServerUrl, Client, ClientError
+from plauder.client.servers import parse_servers
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register the account and chat subcommands."""
     add = functools.partial(sub.add_parser, parents=[common])
     p = add("register", help="ask for a verification code for your number")
-    p.add_argument("--server", action="append", required=True, help="server URL (repeatable)")
+    p.add_argument(
+        "--server",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="server URL; repeat it, or separate URLs with commas, for several nodes",
+    )
     p.set_defaults(run=register)
 
     p = add("verify", help="finish registration with the code you received")
@@ -60,6 +67,22 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("last_seen", choices=["everyone", "nobody"])
     p.set_defaults(run=privacy)
 
+    p = add(
+        "servers",
+        help="show or change this profile's server URLs",
+        description="With no action: list the server URLs, the one used last marked. "
+        "The client tries them in turn and moves on when one fails.",
+    )
+    p.set_defaults(run=servers, action="show", urls=[])
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    for action, text in (
+        ("set", "replace the list"),
+        ("add", "add URLs to the list"),
+        ("remove", "remove URLs from the list"),
+    ):
+        a = actions.add_parser(action, parents=[common], help=text)
+        a.add_argument("urls", nargs="+", metavar="URL", help="server URLs (or comma separated)")
+
     for name in (
         "register",
         "verify",
@@ -70,6 +93,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "safety-number",
         "whoami",
         "privacy",
+        "servers",
     ):
         sub.choices[name].set_defaults(is_async=True)
 
@@ -227,4 +251,30 @@ async def privacy(args: argparse.Namespace) -> int:
     Printer(args.json).emit(
         "privacy", f"last seen and online: {args.last_seen}", last_seen=args.last_seen
     )
+    return 0
+
+
+async def servers(args: argparse.Namespace) -> int:
+    """Show the profile's server URLs, or set, add or remove some."""
+    client = _client(args)
+    try:
+        urls = client.servers
+        if args.action == "set":
+            urls = client.set_servers(args.urls)
+        elif args.action == "add":
+            urls = client.set_servers(urls + args.urls)
+        elif args.action == "remove":
+            gone = parse_servers(args.urls)
+            urls = [u for u in urls if u not in gone]
+            if not urls:
+                raise BadServerUrl("a profile keeps at least one server URL")
+            urls = client.set_servers(urls)
+        elif not urls:
+            fail(f"{client.number} has no servers yet: register first")
+            return 1
+        last = client.last_server
+    finally:
+        await client.close()
+    text = "\n".join(u + ("  (used last)" if u == last else "") for u in urls)
+    Printer(args.json).emit("servers", text, number=client.number, servers=urls, last=last)
     return 0

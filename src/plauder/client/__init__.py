@@ -2,6 +2,7 @@
 
 from plauder.client.client import Client
 from plauder.client.errors import (
+    BadServerUrl,
     ClientError,
     ConnectionLost,
     NotConnected,
@@ -22,6 +23,7 @@ from plauder.client.events import (
 from plauder.client.store import HistoryEntry
 
 __all__ = [
+    "BadServerUrl",
     "Client",
     "ClientError",
     "ConnectionLost",

@@ -13,7 +13,7 @@ The parts, each built once here and handed what it needs:
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from plauder import phone
@@ -24,9 +24,10 @@ from plauder.client.events import Event
 from plauder.client.inbox import Inbox
 from plauder.client.keyfile import open_cipher
 from plauder.client.keys import ONE_TIME_KEYS, Keys
-from plauder.client.link import Link, plain_connection
+from plauder.client.link import Link
 from plauder.client.outbox import Outbox
 from plauder.client.profile import Profile
+from plauder.client.servers import ServerOrder
 from plauder.client.store import HistoryEntry, LocalStore, OutboxEntry
 from plauder.client.tasks import Background
 from plauder.clock import Clock, SystemClock
@@ -50,7 +51,15 @@ from plauder.protocol.frames import (
 
 
 class Client:
-    """One device of one account, with its local store in a profile folder."""
+    """One device of one account, with its local store in a profile folder.
+
+    The profile lists one or more server URLs, all leading to one plauder
+    service (nodes sharing a database, or one server under several addresses).
+    The client tries them in turn: the one that worked last first, the others
+    in an order drawn per client (`shuffle_servers=False`: the listed order).
+    `server_timeout` bounds each attempt, `connect_timeout` how long a call
+    waits for a connection on any of them.
+    """
 
     def __init__(
         self,
@@ -61,6 +70,8 @@ class Client:
         clock: Clock | None = None,
         ack_delay: float = 0.0,
         connect_timeout: float = 30.0,
+        server_timeout: float = 10.0,
+        shuffle_servers: bool = True,
     ) -> None:
         self.number = _normalize(number)
         self.profile_dir = profile_dir
@@ -79,6 +90,8 @@ class Client:
             on_push=pushes.put_nowait,
             on_connected=self._on_connected,
             connect_timeout=connect_timeout,
+            server_timeout=server_timeout,
+            order=ServerOrder(shuffle_servers),
         )
         self._contacts = Contacts(self._profile, self._link, self.clock, self._events)
         self._outbox = Outbox(
@@ -99,13 +112,32 @@ class Client:
         self._runner: asyncio.Task[None] | None = None
         self._processor: asyncio.Task[None] | None = None
         self._closed = False
+        self._watching: list[str] = []
 
     # --- profile -------------------------------------------------------------------------
 
     @property
     def servers(self) -> list[str]:
-        """The server URLs of this profile, in the order they are tried."""
+        """The server URLs of this profile, as stored."""
         return self._profile.servers
+
+    def set_servers(self, servers: Sequence[str]) -> list[str]:
+        """Store a new list of server URLs (items may be comma separated); returns it.
+
+        A running client uses the new list from its next connection attempt on.
+        Raises BadServerUrl for a malformed URL or an empty list.
+        """
+        return self._profile.set_servers(servers)
+
+    @property
+    def server(self) -> str | None:
+        """The URL of the server this device is connected to now, if any."""
+        return self._link.server
+
+    @property
+    def last_server(self) -> str | None:
+        """The URL that accepted this device last; it is tried first next time."""
+        return self._profile.last_server
 
     @property
     def device_id(self) -> int | None:
@@ -142,12 +174,10 @@ class Client:
 
     # --- registration --------------------------------------------------------------------
 
-    async def request_code(self, servers: list[str]) -> None:
-        """Ask the server to send a verification code to this number."""
-        if not servers:
-            raise ClientError("give at least one server URL")
-        self.store.put_setting("servers", " ".join(servers))
-        async with plain_connection(self.servers) as conn:
+    async def request_code(self, servers: Sequence[str]) -> None:
+        """Store the server URLs and ask one of them to send a verification code to this number."""
+        self._profile.set_servers(servers)
+        async with self._link.plain() as conn:
             await conn.request(RequestCode(id=next_request_id(), number=self.number))
 
     async def verify(self, code: str) -> int:
@@ -166,7 +196,7 @@ class Client:
             one_time_keys=otks,
             fallback_key=fallback,
         )
-        async with plain_connection(self.servers) as conn:
+        async with self._link.plain() as conn:
             answer = await conn.request(frame)
         assert isinstance(answer, Registered)
         with self.store.transaction():
@@ -178,10 +208,17 @@ class Client:
 
     # --- connection lifecycle ------------------------------------------------------------
 
-    async def start(self, *, receive: bool = True, wait: bool = True) -> None:
-        """Connect in the background (reconnecting as needed); wait for the first auth."""
+    async def start(
+        self, *, receive: bool = True, wait: bool = True, servers: Sequence[str] | None = None
+    ) -> None:
+        """Connect in the background (reconnecting as needed); wait for the first auth.
+
+        `servers`, if given, replaces the profile's list of server URLs first.
+        """
         if not self.registered:
             raise NotRegistered("this profile is not registered: register and verify first")
+        if servers is not None:
+            self._profile.set_servers(servers)
         self._keys.load()
         self._link.open(receive)
         self._runner = asyncio.get_running_loop().create_task(self._link.run())
@@ -218,10 +255,16 @@ class Client:
         await self.close()
 
     async def _on_connected(self) -> None:
-        """After each authentication: transmit the outbox, then the delivered receipts."""
+        """After each authentication: the outbox, the delivered receipts, the presence watch."""
         self._outbox.resume()
         if self._link.receive:
             self._background.spawn(self._inbox.flush_receipts())
+        if self._watching:  # a new connection, maybe to another node, watches nothing yet
+            self._background.spawn(self._watch_again())
+
+    async def _watch_again(self) -> None:
+        with contextlib.suppress(ClientError):
+            await self._request(WatchPresence(id=next_request_id(), numbers=self._watching))
 
     async def _request(self, frame: ClientFrame) -> ServerFrame:
         """Send a request on the current connection, riding out reconnects."""
@@ -277,10 +320,14 @@ class Client:
         )
 
     async def watch_presence(self, numbers: list[str]) -> None:
-        """Receive PresenceChanged events for these contacts."""
-        await self._request(
-            WatchPresence(id=next_request_id(), numbers=[_normalize(n) for n in numbers])
-        )
+        """Receive PresenceChanged events for these contacts: their state now, then changes.
+
+        The watch is renewed on every new connection; a renewal repeats no event.
+        """
+        wanted = [_normalize(n) for n in numbers]
+        self._watching = wanted
+        self._inbox.forget_presence(wanted)
+        await self._request(WatchPresence(id=next_request_id(), numbers=wanted))
 
     # --- receiving -----------------------------------------------------------------------
 

@@ -52,27 +52,38 @@ class Connection:
         on_push: Callable[[ServerFrame], None],
         timeout: float = 10.0,
     ) -> "Connection":
-        """Connect, say hello and wait for the welcome."""
+        """Connect, say hello and wait for the welcome, all within `timeout` seconds.
+
+        Raises ConnectionLost when the server refuses, fails or is too slow.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            ws = await session.ws_connect(
-                ws_url(server),
-                autoping=True,
-                heartbeat=30.0,
-                max_msg_size=0,
-                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                compress=0,
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            async with asyncio.timeout_at(deadline):
+                ws = await session.ws_connect(
+                    ws_url(server),
+                    autoping=True,
+                    heartbeat=30.0,
+                    max_msg_size=0,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                    compress=0,
+                )
+        except TimeoutError as exc:
+            raise ConnectionLost(f"cannot connect to {server}: no answer in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
             raise ConnectionLost(f"cannot connect to {server}: {exc}") from exc
         conn = cls(ws, on_push)
-        welcome_fut: asyncio.Future[ServerFrame] = asyncio.get_running_loop().create_future()
+        welcome_fut: asyncio.Future[ServerFrame] = loop.create_future()
         conn._pending[0] = welcome_fut
-        conn._reader = asyncio.get_running_loop().create_task(conn._read())
-        await conn._send(Hello(v=PROTOCOL_VERSION, agent="plauder-python"))
+        conn._reader = loop.create_task(conn._read())
         try:
-            async with asyncio.timeout(timeout):
+            await conn._send(Hello(v=PROTOCOL_VERSION, agent="plauder-python"))
+            async with asyncio.timeout_at(deadline):
                 frame = await welcome_fut
-        except (TimeoutError, ConnectionLost):
+        except TimeoutError as exc:
+            await conn.close()
+            raise ConnectionLost(f"{server} did not welcome us in time") from exc
+        except ConnectionLost:
             await conn.close()
             raise
         if not isinstance(frame, Welcome):

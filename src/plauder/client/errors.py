@@ -24,6 +24,10 @@ class NotConnected(ClientError):
     """No server could be reached in time."""
 
 
+class BadServerUrl(ClientError):
+    """A server URL that plauder cannot connect to as written, or an empty list of them."""
+
+
 class NotRegistered(ClientError):
     """The profile has no registered device yet: register and verify first."""
 

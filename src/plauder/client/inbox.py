@@ -81,6 +81,7 @@ class Inbox:
         self._busy = 0
         self._idle = asyncio.Event()
         self._acks: list[int] = []
+        self._presence: dict[str, tuple[bool, int | None]] = {}
 
     async def run(self) -> None:
         """Process pushes one by one, for ever; flush acks and receipts when caught up."""
@@ -120,6 +121,11 @@ class Inbox:
 
         async with asyncio.timeout(timeout):
             await idle()
+
+    def forget_presence(self, numbers: list[str]) -> None:
+        """Report these numbers' next presence push even if it shows no change."""
+        for number in numbers:
+            self._presence.pop(number, None)
 
     async def flush_acks(self) -> None:
         """Acknowledge the processed envelopes on the current connection, if any."""
@@ -162,9 +168,13 @@ class Inbox:
                 if conn is not None:
                     await self._keys.top_up(conn, frame.remaining)
             case Presence():
-                self._events.put_nowait(
-                    PresenceChanged(frame.number, frame.online, frame.last_seen)
-                )
+                # while online, last seen does not matter: online again is no change
+                state = (frame.online, None if frame.online else frame.last_seen)
+                if self._presence.get(frame.number) != state:  # not a renewed watch's answer
+                    self._presence[frame.number] = state
+                    self._events.put_nowait(
+                        PresenceChanged(frame.number, frame.online, frame.last_seen)
+                    )
             case _:
                 log.debug("unhandled push %s", type(frame).__name__)
 

@@ -18,30 +18,12 @@ from plauder.client.errors import (
 )
 from plauder.client.keys import Keys
 from plauder.client.profile import Profile
+from plauder.client.servers import ServerOrder
 from plauder.crypto import auth_payload
 from plauder.protocol.errors import CloseCode, ErrorCode
 from plauder.protocol.frames import Auth, AuthOk, ClientFrame, ServerFrame
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.asynccontextmanager
-async def plain_connection(servers: list[str]) -> AsyncIterator[Connection]:
-    """An unauthenticated connection to the first reachable server (for registration)."""
-    last: Exception | None = None
-    async with aiohttp.ClientSession() as session:
-        for server in servers:
-            try:
-                conn = await Connection.open(session, server, lambda f: None)
-            except ConnectionLost as exc:
-                last = exc
-                continue
-            try:
-                yield conn
-            finally:
-                await conn.close()
-            return
-    raise NotConnected(f"no server reachable: {last}")
 
 
 class Link:
@@ -50,6 +32,11 @@ class Link:
     `run()` is the reconnect loop; `request()` sends a frame on whatever connection
     is up, riding out reconnects. Pushes go to `on_push`; after each authentication
     the one-time keys are topped up and `on_connected` runs.
+
+    The servers are tried in rounds (`ServerOrder`): a refused connection, a
+    timeout or an error answer moves on to the next URL at once; only after a
+    whole round failed does the loop back off. A lost connection (the node went
+    away or died) moves on to the next URL at once too.
     """
 
     def __init__(
@@ -60,12 +47,17 @@ class Link:
         on_push: Callable[[ServerFrame], None],
         on_connected: Callable[[], Awaitable[None]],
         connect_timeout: float,
+        server_timeout: float,
+        order: ServerOrder,
     ) -> None:
         self._profile = profile
         self._keys = keys
         self._on_push = on_push
         self._on_connected = on_connected
         self.connect_timeout = connect_timeout
+        self.server_timeout = server_timeout
+        self._order = order
+        self._server: str | None = None
         self._session: aiohttp.ClientSession | None = None
         self._conn: Connection | None = None
         self._connected = asyncio.Event()
@@ -78,6 +70,11 @@ class Link:
     def conn(self) -> Connection | None:
         """The authenticated connection, if one is up."""
         return self._conn
+
+    @property
+    def server(self) -> str | None:
+        """The URL of the server the device is authenticated on, if any."""
+        return self._server if self._conn is not None else None
 
     @property
     def closing(self) -> bool:
@@ -143,49 +140,84 @@ class Link:
                     raise
                 await asyncio.sleep(0.05)
 
+    @contextlib.asynccontextmanager
+    async def plain(self) -> AsyncIterator[Connection]:
+        """An unauthenticated connection to the first server that answers (for registration)."""
+        failures: list[str] = []
+        async with aiohttp.ClientSession() as session:
+            for server in self._order.round(self._profile.servers, self._profile.last_server):
+                try:
+                    conn = await Connection.open(
+                        session, server, lambda f: None, self.server_timeout
+                    )
+                except ConnectionLost as exc:
+                    failures.append(str(exc))
+                    continue
+                self._profile.remember_server(server)  # verify goes where the code was asked
+                try:
+                    yield conn
+                finally:
+                    await conn.close()
+                return
+        raise NotConnected("no server reachable: " + "; ".join(failures))
+
     async def run(self) -> None:
         """Connect and authenticate, again after every loss, until closed or refused for good."""
         backoff = 0.1
-        index = 0
+        moving_on = False
         while not self._closing:
-            servers = self._profile.servers
-            server = servers[index % len(servers)]
-            index += 1
-            try:
-                conn = await self._authenticate(server)
-            except (ConnectionLost, TimeoutError) as exc:
-                log.debug("connect to %s failed: %s", server, exc)
+            servers = self._order.round(self._profile.servers, self._profile.last_server, moving_on)
+            for server in servers:
+                if self._closing:
+                    return
+                try:
+                    conn = await self._authenticate(server)
+                except ConnectionLost as exc:
+                    log.info("%s", exc)
+                    continue
+                except ServerError as exc:
+                    if exc.code == ErrorCode.AUTH_FAILED:
+                        self._fatal = NotRegistered("the server no longer knows this device")
+                        return
+                    log.info("%s refused the device for now: %s", server, exc)
+                    continue
+                backoff = 0.1
+                self._profile.remember_server(server)
+                await self._serve(server, conn)
+                if conn.close_code == CloseCode.REPLACED:
+                    self._fatal = ClientError(
+                        "this device connected again from elsewhere, or its number was "
+                        "registered again: this connection gives way"
+                    )
+                    return
+                log.info("connection to %s ended (%s)", server, conn.close_code)
+                moving_on = True  # the node went away or died: the next URL, at once
+                break
+            else:
+                moving_on = False  # a whole round failed: wait, then start again
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 5.0)
-                continue
-            except ServerError as exc:
-                if exc.code == ErrorCode.AUTH_FAILED:
-                    self._fatal = NotRegistered("the server no longer knows this device")
-                    return
-                await asyncio.sleep(backoff)
-                continue
-            backoff = 0.1
-            index -= 1  # stay with the server that worked
-            self._conn = conn
-            self._connected.set()
-            try:
-                await self._connected_to(conn)
-                await conn.wait_closed()
-            except ConnectionLost:
-                pass
-            finally:
-                self._connected.clear()
-                self._conn = None
-            if conn.close_code == CloseCode.REPLACED:
-                self._fatal = ClientError(
-                    "this device connected again from elsewhere, or its number was "
-                    "registered again: this connection gives way"
-                )
-                return
+
+    async def _serve(self, server: str, conn: Connection) -> None:
+        """Offer the authenticated connection to the client until it closes."""
+        self._server = server
+        self._conn = conn
+        self._connected.set()
+        try:
+            await self._connected_to(conn)
+            await conn.wait_closed()
+        except ConnectionLost:
+            pass
+        finally:
+            self._connected.clear()
+            self._conn = None
 
     async def _authenticate(self, server: str) -> Connection:
+        """Open, greet and authenticate within `server_timeout` (ConnectionLost otherwise)."""
         assert self._session is not None
-        conn = await Connection.open(self._session, server, self._on_push)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.server_timeout
+        conn = await Connection.open(self._session, server, self._on_push, self.server_timeout)
         assert conn.welcome is not None
         device = self._keys.load()
         number = self._profile.number
@@ -200,7 +232,8 @@ class Link:
                     device_id=device_id,
                     signature=signature,
                     receive=self.receive,
-                )
+                ),
+                timeout=max(0.1, deadline - loop.time()),
             )
         except BaseException:
             await conn.close()
@@ -212,5 +245,8 @@ class Link:
     async def _connected_to(self, conn: Connection) -> None:
         threshold = conn.welcome.limits.keys_low_threshold if conn.welcome else 10
         if self._server_keys < threshold:
-            await self._keys.top_up(conn, self._server_keys)
+            try:
+                await self._keys.top_up(conn, self._server_keys)
+            except ServerError as exc:  # not fatal: the server says keys_low again later
+                log.warning("one-time keys not topped up: %s", exc)
         await self._on_connected()

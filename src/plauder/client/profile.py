@@ -1,6 +1,9 @@
 """Who this device is, as its local store remembers it: number, servers, device id, account key."""
 
+from collections.abc import Iterable
+
 from plauder.client.errors import NotRegistered
+from plauder.client.servers import parse_servers
 from plauder.client.store import LocalStore
 from plauder.crypto import AccountKey
 
@@ -14,9 +17,25 @@ class Profile:
 
     @property
     def servers(self) -> list[str]:
-        """The server URLs of this profile, in the order they are tried."""
+        """The server URLs of this profile, as given (the client tries them in its own order)."""
         value = self.store.get_setting("servers")
         return value.split() if value else []
+
+    def set_servers(self, servers: Iterable[str]) -> list[str]:
+        """Replace the server URLs (each value may hold several, comma separated); returns them."""
+        urls = parse_servers(servers)
+        self.store.put_setting("servers", " ".join(urls))
+        return urls
+
+    @property
+    def last_server(self) -> str | None:
+        """The server URL that last accepted this device (or its registration)."""
+        return self.store.get_setting("last_server")
+
+    def remember_server(self, server: str) -> None:
+        """Record the server URL that worked, to try it first next time."""
+        if self.last_server != server:
+            self.store.put_setting("last_server", server)
 
     @property
     def device_id(self) -> int | None:
