@@ -235,7 +235,7 @@ class Haproxy:
             for i, port in enumerate(self.backends)
         )
         return f"""global
-    maxconn 20000
+    maxconn 8000
 defaults
     mode http
     timeout connect 2s
@@ -263,7 +263,10 @@ backend nodes
             [exe, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
-        wait_port(self.port)
+        try:
+            wait_port(self.port, timeout=10)
+        except RuntimeError as exc:
+            raise RuntimeError((self.dir / "haproxy.log").read_text(errors="replace")) from exc
 
     def stop(self) -> None:
         """Stop HAProxy."""
