@@ -9,11 +9,13 @@ once, and the others must follow once things recover.
 
 import asyncio
 import re
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from plauder.client import Client
@@ -82,6 +84,7 @@ async def cluster(
             redis_namespace=url.rsplit("/", 1)[1],
             node_id=name,
             secret_file=str(secret),
+            drain_seconds=1,
         )
         for name in NODES
     }
@@ -195,3 +198,25 @@ async def test_postgres_stopped_for_seconds_loses_nothing(cluster: Cluster) -> N
     await assert_delivered_once(cluster, traffic, "pg")  # ...and went out afterwards
     for node in cluster.nodes.values():
         assert node.alive()
+
+
+async def test_a_node_drained_for_an_upgrade_hands_its_clients_over(cluster: Cluster) -> None:
+    node = cluster.nodes["a"]
+    traffic = Traffic()
+    sending = asyncio.create_task(exchange(cluster, 12, "drain", traffic))
+    await asyncio.sleep(1.0)
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGTERM)  # drain_seconds=1: /health says 503 first
+    async with aiohttp.ClientSession() as session:
+        async with asyncio.timeout(5):
+            while True:
+                async with session.get(node.url + "/health") as answer:
+                    if answer.status == 503:
+                        assert (await answer.json())["status"] == "draining"
+                        break
+                await asyncio.sleep(0.05)
+    assert node.proc.wait(30) == 0
+    assert "stopped" in node.log_text()
+    await sending
+    assert traffic.failures == 0  # the clients moved over without a send going unconfirmed
+    await assert_delivered_once(cluster, traffic, "drain")

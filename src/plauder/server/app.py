@@ -77,9 +77,7 @@ class Server:
         )
         self.app = web.Application()
         self.app.router.add_get("/v1/ws", self.gateway.handle)
-        self.app.add_routes(
-            http.routes(self.metrics, self._store_metrics, lambda: self.store.healthy)
-        )
+        self.app.add_routes(http.routes(self.metrics, self._store_metrics, self._health))
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.port = 0
@@ -119,6 +117,14 @@ class Server:
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
+    def _health(self) -> str | None:
+        """Why this node should get no new connections, or None when it should."""
+        if not self.gateway.accepting:
+            return "draining"
+        if not self.store.healthy:
+            return "storage down"
+        return None
+
     async def _check_secret(self) -> None:
         """Refuse to start with a secret other than the one the cluster's nodes use."""
         mine = hmac.new(self.secret, b"plauder secret fingerprint", "sha256").hexdigest()[:32]
@@ -133,6 +139,10 @@ class Server:
         """Stop accepting, finish running requests, close connections and storage."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.gateway.accepting and self.config.drain_seconds > 0:
+            # /health answers 503 now: give load balancers time to notice before closing
+            self.gateway.accepting = False
+            await asyncio.sleep(self.config.drain_seconds)
         await self.gateway.shutdown()
         if self._runner is not None:
             await self._runner.cleanup()

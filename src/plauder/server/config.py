@@ -66,6 +66,7 @@ class Config:
     commit_gather_ms: float = 1.0  # how long a lone write waits for others to share its commit
     backlog: int = 4096
     shutdown_timeout_seconds: float = 10.0
+    drain_seconds: float = 0.0  # on SIGTERM, /health says 503 this long before connections close
 
     @property
     def limits(self) -> Limits:
@@ -202,6 +203,8 @@ def _validate(config: Config) -> None:
     for name in _POSITIVE:
         if not getattr(config, name) > 0:
             raise ConfigError(f"option {name} must be positive")
+    if not 0 <= config.drain_seconds <= 600:
+        raise ConfigError("option drain_seconds must be between 0 and 600")
     if not 0 <= config.commit_gather_ms <= 50:
         raise ConfigError("option commit_gather_ms must be between 0 and 50")
     if config.database and not config.uses_postgres:

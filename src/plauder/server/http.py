@@ -8,13 +8,14 @@ from plauder.server.metrics import Metrics
 
 
 def routes(
-    metrics: Metrics, extra: Callable[[], dict[str, int]], healthy: Callable[[], bool]
+    metrics: Metrics, extra: Callable[[], dict[str, int]], unhealthy: Callable[[], str | None]
 ) -> list[web.RouteDef]:
-    """Routes for /health and /metrics."""
+    """Routes for /health (503 with the reason, e.g. draining) and /metrics."""
 
     async def health(_: web.Request) -> web.Response:
-        if not healthy():
-            return web.json_response({"status": "storage down"}, status=503)
+        reason = unhealthy()
+        if reason is not None:
+            return web.json_response({"status": reason}, status=503)
         return web.json_response({"status": "ok"})
 
     async def prometheus(_: web.Request) -> web.Response:
