@@ -86,6 +86,7 @@ class RedisRouter:
         self._release_script = link.script(_RELEASE)
         self._renew_script = link.script(_RENEW)
         self._ticker: asyncio.Task[None] | None = None
+        self._evictions: set[int] = set()  # devices evicted while Redis was unreachable
         self.resyncs = 0
         link.route(self._names.device_prefix, self._on_message)
         link.on_connect(self._reconnected)
@@ -131,6 +132,8 @@ class RedisRouter:
         held = self._held.get(device_pk)
         if held is not None:
             await self._drop(device_pk, held)
+        if not self._link.connected:
+            self._evictions.add(device_pk)  # told when Redis is back
         self._link.publish(self._names.device_channel(device_pk), wire.encode(wire.Evict()))
 
     async def deliver(self, device_pk: int, eid: int, data: bytes) -> None:
@@ -260,10 +263,13 @@ class RedisRouter:
             self.resyncs += 1
 
     async def _reconnected(self) -> None:
-        """Redis is back: claim and renew entries, re-read every queue, tell receivers of losses."""
+        """Redis is back: claim and renew entries, re-read every queue, tell what was missed."""
         await self._renew()
         for held in list(self._held.values()):
             self._resync(held)
+        evictions, self._evictions = self._evictions, set()
+        for device_pk in evictions:
+            self._link.publish(self._names.device_channel(device_pk), wire.encode(wire.Evict()))
         lost, overflow = self._link.take_lost()
         prefix = self._names.device_prefix
         resync = wire.encode(wire.Resync())
