@@ -144,19 +144,17 @@ class RedisLink:
         """Receive the channel from now on; the future resolves when Redis confirms it."""
         self._channels.add(channel)
         sub = self._sub
-        if not self.connected or sub is None:
+        if sub is None or not sub.open:
             return None  # subscribed when the link is up again
-        sub.send(b"SUBSCRIBE", channel)
-        fut = self._confirm.get(channel)
-        if fut is None or fut.done():
-            fut = self._confirm[channel] = asyncio.get_running_loop().create_future()
-        return fut
+        sub.send(b"SUBSCRIBE", channel)  # also while (re)connecting: it may have listed them
+        return self._confirmation(channel)
 
     def unsubscribe(self, channel: bytes) -> None:
         """Stop receiving the channel."""
         self._channels.discard(channel)
-        if self.connected and self._sub is not None:
-            self._sub.send(b"UNSUBSCRIBE", channel)
+        sub = self._sub
+        if sub is not None and sub.open:
+            sub.send(b"UNSUBSCRIBE", channel)
 
     def take_lost(self) -> tuple[set[bytes], bool]:
         """Channels whose publishes may have been lost since last asked, and whether more were."""
@@ -224,6 +222,13 @@ class RedisLink:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.debug("background redis command failed: %s", task.exception())
+
+    def _confirmation(self, channel: bytes) -> asyncio.Future[None]:
+        """A future resolved when Redis confirms the next subscription of channel."""
+        fut = self._confirm.get(channel)
+        if fut is None or fut.done():
+            fut = self._confirm[channel] = asyncio.get_running_loop().create_future()
+        return fut
 
     def _note_lost(self, channel: bytes) -> None:
         if len(self._lost) < MAX_LOST:
@@ -297,9 +302,9 @@ class RedisLink:
         for i in range(0, len(channels), SUBSCRIBE_CHUNK):
             sub.send(b"SUBSCRIBE", *channels[i : i + SUBSCRIBE_CHUNK])
         if channels:
-            last = self._confirm[channels[-1]] = loop.create_future()
+            last = self._confirmation(channels[-1])
             async with asyncio.timeout(TIMEOUT_SECONDS * 5):
-                await last  # confirmations come in order: all are subscribed now
+                await asyncio.shield(last)  # confirmations come in order: all are subscribed
         await self._command(self._beat_script, [self.names.nodes], [self.node, self.node_ttl_ms])
         self.connected = True
         self.up.set()
