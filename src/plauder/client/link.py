@@ -25,6 +25,10 @@ from plauder.protocol.frames import Auth, AuthOk, ClientFrame, ServerFrame
 
 log = logging.getLogger(__name__)
 
+# A connection that ends sooner than this after authenticating counts as a failed
+# attempt, so that a node closing every connection at once is not retried in a loop.
+STABLE_SECONDS = 2.0
+
 
 class Link:
     """Keeps this device authenticated on one of its servers while the client runs.
@@ -36,7 +40,8 @@ class Link:
     The servers are tried in rounds (`ServerOrder`): a refused connection, a
     timeout or an error answer moves on to the next URL at once; only after a
     whole round failed does the loop back off. A lost connection (the node went
-    away or died) moves on to the next URL at once too.
+    away or died) moves on to the next URL at once too, and starts a new round
+    unless it ended within `STABLE_SECONDS` of authenticating.
     """
 
     def __init__(
@@ -181,8 +186,8 @@ class Link:
                         return
                     log.info("%s refused the device for now: %s", server, exc)
                     continue
-                backoff = 0.1
                 self._profile.remember_server(server)
+                began = asyncio.get_running_loop().time()
                 await self._serve(server, conn)
                 if conn.close_code == CloseCode.REPLACED:
                     self._fatal = ClientError(
@@ -191,6 +196,9 @@ class Link:
                     )
                     return
                 log.info("connection to %s ended (%s)", server, conn.close_code)
+                if asyncio.get_running_loop().time() - began < STABLE_SECONDS:
+                    continue  # closed at once: a failed attempt of this round
+                backoff = 0.1
                 moving_on = True  # the node went away or died: the next URL, at once
                 break
             else:
