@@ -10,6 +10,7 @@ import aiohttp
 
 from plauder.client.connection import Connection, next_request_id
 from plauder.client.errors import (
+    BadServerUrl,
     ClientError,
     ConnectionLost,
     NotConnected,
@@ -148,6 +149,8 @@ class Link:
     @contextlib.asynccontextmanager
     async def plain(self) -> AsyncIterator[Connection]:
         """An unauthenticated connection to the first server that answers (for registration)."""
+        if not self._profile.servers:
+            raise BadServerUrl("this profile has no server URL yet: request a code first")
         failures: list[str] = []
         async with aiohttp.ClientSession() as session:
             for server in self._order.round(self._profile.servers, self._profile.last_server):
