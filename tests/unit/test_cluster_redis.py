@@ -6,6 +6,8 @@ with real servers and clients is in tests/integration/test_cluster.py.
 
 import asyncio
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
@@ -153,17 +155,20 @@ async def test_presence_counts_span_the_nodes(node: Callable[[str], RedisLink]) 
 
         return notify
 
-    on_a.listen(recorder("a"))
-    on_b.listen(recorder("b"))
+    async def lost(account_id: int, number: str) -> None:
+        raise AssertionError("no node died")
+
+    on_a.listen(recorder("a"), lost)
+    on_b.listen(recorder("b"), lost)
     await a.start()
     await b.start()
 
-    assert await on_a.up(ALICE) is True  # the account's first device anywhere
-    assert await on_b.up(ALICE) is False
+    assert await on_a.up(1, ALICE) is True  # the account's first device anywhere
+    assert await on_b.up(1, ALICE) is False
     assert await on_b.online([ALICE, BOB]) == [True, False]
-    assert await on_a.down(ALICE) is False  # one is still online on b
+    assert await on_a.down(1, ALICE) is False  # one is still online on b
     assert await on_a.online([ALICE]) == [True]
-    assert await on_b.down(ALICE) is True  # the last one
+    assert await on_b.down(1, ALICE) is True  # the last one
     assert await on_a.online([ALICE]) == [False]
 
     await on_b.announce(BOB, True)
@@ -178,7 +183,7 @@ async def test_counts_come_back_after_redis_lost_them(
     on_a, on_b = RedisPresence(a), RedisPresence(b)
     await a.start()
     await b.start()
-    await on_a.up(ALICE)
+    await on_a.up(1, ALICE)
 
     redis.restart()  # an empty Redis: every count is gone
     assert await on_a.online([ALICE]) == [True]  # answered from its own counts meanwhile
@@ -186,3 +191,57 @@ async def test_counts_come_back_after_redis_lost_them(
     async with asyncio.timeout(5):
         while await on_b.online([ALICE]) != [True]:  # node a wrote its counts back
             await asyncio.sleep(0.05)
+
+
+DOOMED = """
+import asyncio, sys
+from plauder.server.cluster import RedisLink, RedisPresence
+
+async def main() -> None:
+    url, namespace, alice, bob = sys.argv[1:]
+    link = RedisLink(url, namespace, "doomed", heartbeat_seconds=0.2, node_ttl_ms=600)
+    presence = RedisPresence(link)
+    await link.start()
+    await presence.up(1, alice)
+    await presence.up(2, bob)
+    print("online", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_accounts_of_a_killed_node_go_offline(redis: Redis) -> None:
+    namespace = secrets.token_hex(4)
+    survivor = RedisLink(redis.url, namespace, "survivor", heartbeat_seconds=0.2)
+    presence = RedisPresence(survivor)
+    gone: list[tuple[int, str]] = []
+
+    async def notify(number: str, changed_visibility: bool) -> None:
+        pass
+
+    async def lost(account_id: int, number: str) -> None:
+        gone.append((account_id, number))
+
+    presence.listen(notify, lost)
+    await survivor.start()
+    doomed = subprocess.Popen(
+        [sys.executable, "-c", DOOMED, redis.url, namespace, ALICE, BOB],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert doomed.stdout is not None
+        assert await asyncio.to_thread(doomed.stdout.readline) == "online\n"
+        await presence.up(2, BOB)  # bob is online here too
+        assert await presence.online([ALICE, BOB]) == [True, True]
+        doomed.kill()  # SIGKILL: no goodbye
+        await until(lambda: bool(gone), timeout=5)
+        assert gone == [(1, ALICE)]  # once, and only the account online nowhere else
+        assert await presence.online([ALICE, BOB]) == [False, True]
+    finally:
+        doomed.kill()
+        doomed.wait(5)
+        if doomed.stdout is not None:
+            doomed.stdout.close()
+        await survivor.close()

@@ -315,7 +315,7 @@ class Connection:
         count = await gw.store.count_one_time_keys(device.device_pk)
         await self.send(AuthOk(id=frame.id, one_time_keys=count, server_time=gw.clock.now_ms()))
         log.debug("authenticated account=%d device=%d", device.account_id, frame.device_id)
-        await gw.presence.connected(number)
+        await gw.presence.connected(device.account_id, number)
         if self.feed is not None:
             self.feed.start()
 

@@ -13,6 +13,7 @@ from plauder.server.storage import PresenceInfo, Store
 MAX_WATCHED = 1000
 
 Notify = Callable[[str, bool], Awaitable[None]]  # (number, changed_visibility)
+Lost = Callable[[int, str], Awaitable[None]]  # (account_id, number)
 
 
 class Watcher(Protocol):
@@ -26,15 +27,19 @@ class Watcher(Protocol):
 class PresenceBoard(Protocol):
     """How many devices of each account are online, in this process or in a whole cluster."""
 
-    def listen(self, notify: Notify) -> None:
-        """Call notify on this node whenever any node announces a change."""
+    def listen(self, notify: Notify, lost: Lost) -> None:
+        """Call notify for every change announced anywhere, lost for accounts of dead nodes.
+
+        `lost` runs on one node only, for each account whose last devices were
+        on a node that stopped without saying so.
+        """
         ...
 
-    async def up(self, number: str) -> bool:
+    async def up(self, account_id: int, number: str) -> bool:
         """A device of the account came online here; True if it is the account's first anywhere."""
         ...
 
-    async def down(self, number: str) -> bool:
+    async def down(self, account_id: int, number: str) -> bool:
         """A device of the account went offline here; True if it was the account's last anywhere."""
         ...
 
@@ -54,16 +59,16 @@ class LocalBoard:
         self._online: dict[str, int] = {}
         self._notify: Notify | None = None
 
-    def listen(self, notify: Notify) -> None:
-        """Call notify for every announcement."""
+    def listen(self, notify: Notify, lost: Lost) -> None:
+        """Call notify for every announcement (a process does not outlive itself: no lost)."""
         self._notify = notify
 
-    async def up(self, number: str) -> bool:
+    async def up(self, account_id: int, number: str) -> bool:
         """Count a device; True for the account's first."""
         count = self._online[number] = self._online.get(number, 0) + 1
         return count == 1
 
-    async def down(self, number: str) -> bool:
+    async def down(self, account_id: int, number: str) -> bool:
         """Uncount a device; True for the account's last."""
         count = self._online.get(number, 0) - 1
         if count > 0:
@@ -89,7 +94,7 @@ class PresenceService:
         self._store = store
         self._clock = clock
         self._board: PresenceBoard = board if board is not None else LocalBoard()
-        self._board.listen(self._tell_watchers)
+        self._board.listen(self._tell_watchers, self._gone)
         self._watchers: dict[str, set[Watcher]] = defaultdict(set)
         self._watching: dict[Watcher, list[str]] = {}
 
@@ -97,16 +102,20 @@ class PresenceService:
         """Whether any device of the account is connected."""
         return (await self._board.online([number]))[0]
 
-    async def connected(self, number: str) -> None:
+    async def connected(self, account_id: int, number: str) -> None:
         """A device of the account authenticated."""
-        if await self._board.up(number):
+        if await self._board.up(account_id, number):
             await self._board.announce(number, False)
 
     async def disconnected(self, account_id: int, number: str) -> None:
         """A device of the account went away."""
-        if await self._board.down(number):
-            await self._store.set_last_seen(account_id, self._clock.now_ms())
-            await self._board.announce(number, False)
+        if await self._board.down(account_id, number):
+            await self._gone(account_id, number)
+
+    async def _gone(self, account_id: int, number: str) -> None:
+        """The account's last device went away: record last seen and tell watchers."""
+        await self._store.set_last_seen(account_id, self._clock.now_ms())
+        await self._board.announce(number, False)
 
     async def set_visible(self, account_id: int, number: str, visible: bool) -> None:
         """Change who may see the account's presence, and tell watchers."""

@@ -34,12 +34,14 @@ MAX_LOST = 100_000  # channels remembered for a Resync after an outage
 Handler = Callable[[bytes, bytes], Awaitable[None]]  # (channel, message)
 Hook = Callable[[], Awaitable[None]]
 
+# Renew this node's membership; forget nodes dead for long (the presence reaper
+# takes them off earlier); 1 if this node was not a member (new, reaped, or Redis
+# lost its data).
 _HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-return now
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * tonumber(ARGV[2]))
+return redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 """
 
 
@@ -99,6 +101,7 @@ class RedisLink:
         self._consumer: asyncio.Task[None] | None = None
         self.up = asyncio.Event()  # set while connected
         self.connected = False
+        self.rejoined = False  # the last heartbeat found this node missing from the live ones
         self.published = 0
         self.received = 0
         self.dropped = 0
@@ -305,7 +308,7 @@ class RedisLink:
             last = self._confirmation(channels[-1])
             async with asyncio.timeout(TIMEOUT_SECONDS * 5):
                 await asyncio.shield(last)  # confirmations come in order: all are subscribed
-        await self._command(self._beat_script, [self.names.nodes], [self.node, self.node_ttl_ms])
+        await self._beat()
         self.connected = True
         self.up.set()
         if self._down_since is not None:
@@ -330,11 +333,15 @@ class RedisLink:
             if loop.time() - self._last_pong > 3 * self.heartbeat_seconds:
                 raise ClusterUnavailable("redis stopped answering")
             sub.send(b"PING")
-            await self._command(
-                self._beat_script, [self.names.nodes], [self.node, self.node_ttl_ms]
-            )
+            await self._beat()
             for hook in self._on_heartbeat:
                 await hook()
+
+    async def _beat(self) -> None:
+        added = await self._command(
+            self._beat_script, [self.names.nodes], [self.node, self.node_ttl_ms]
+        )
+        self.rejoined = bool(int(added))
 
     async def _down(self, exc: BaseException) -> None:
         self.connected = False
