@@ -81,6 +81,7 @@ class RedisLink:
             retry=Retry(NoBackoff(), 0),
         )
         self._url = url
+        self._tls = resp.tls_context(url)  # built once: loading certificates blocks
         self._beat_script = self.redis.register_script(_HEARTBEAT)
         self._routes: list[tuple[bytes, Handler]] = []
         self._on_connect: list[Hook] = []
@@ -294,9 +295,9 @@ class RedisLink:
             delay = min(delay * 2, BACKOFF_MAX)
 
     async def _connect(self) -> None:
-        pub = await resp.connect(self._url, TIMEOUT_SECONDS)
+        pub = await resp.connect(self._url, self._tls, TIMEOUT_SECONDS)
         self._pub = pub
-        sub = await resp.connect(self._url, TIMEOUT_SECONDS)
+        sub = await resp.connect(self._url, self._tls, TIMEOUT_SECONDS)
         self._sub = sub
         sub.on_push = self._on_push
         loop = asyncio.get_running_loop()

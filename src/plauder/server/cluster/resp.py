@@ -134,7 +134,12 @@ class RespConnection(asyncio.Protocol):
                 item.set_result(reply)
 
 
-async def connect(url: str, timeout: float) -> RespConnection:
+def tls_context(url: str) -> ssl.SSLContext | None:
+    """The TLS settings for a rediss:// URL (the system's certificate checks), else None."""
+    return ssl.create_default_context() if url.startswith("rediss://") else None
+
+
+async def connect(url: str, context: ssl.SSLContext | None, timeout: float) -> RespConnection:
     """Open a connection to the Redis of a redis://, rediss:// or unix:// URL and log in."""
     params: dict[str, Any] = dict(parse_url(url))
     loop = asyncio.get_running_loop()
@@ -144,7 +149,6 @@ async def connect(url: str, timeout: float) -> RespConnection:
             if "path" in params:
                 _, conn = await loop.create_unix_connection(RespConnection, params["path"])
             else:
-                context = ssl.create_default_context() if url.startswith("rediss://") else None
                 _, conn = await loop.create_connection(
                     RespConnection,
                     params.get("host", "localhost"),
