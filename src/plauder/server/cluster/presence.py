@@ -80,6 +80,10 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
+_RENEW = """
+return redis.call('PEXPIRE', KEYS[1], ARGV[1])
+"""
+
 # Take every dead node (expired in KEYS[1]) off the live nodes, delete its counts
 # and return number, account id, ... of its accounts no live node counts.
 _REAP = (
@@ -114,7 +118,7 @@ class RedisPresence:
 
     A node writes its own count of an account's devices as an absolute value,
     its writes one at a time in the order of the changes, and all of them
-    again on every heartbeat and reconnection, so Redis converges on the
+    again after a reconnection or a failed write, so Redis converges on the
     node's own counts whatever was lost. With every heartbeat a node also
     reaps nodes that stopped beating: their accounts that are online nowhere
     else went offline (`lost`). While Redis is unreachable, the node answers
@@ -128,11 +132,13 @@ class RedisPresence:
         self._counts: dict[str, int] = {}  # this node's devices online, per number
         self._accounts: dict[str, int] = {}  # their account ids
         self._writes = asyncio.Lock()  # fair: writes reach Redis in the order of the changes
+        self._stale = False  # a write failed: write everything again at the next heartbeat
         self._notify: Notify | None = None
         self._lost: Lost | None = None
         self._change = link.script(_CHANGE)
         self._online = link.script(_ONLINE)
         self._restore = link.script(_RESTORE)
+        self._renew = link.script(_RENEW)
         self._reap = link.script(_REAP)
         link.route(link.names.presence, self._on_note)
         link.subscribe(link.names.presence)
@@ -199,6 +205,7 @@ class RedisPresence:
                 )
             return int(total)
         except ClusterUnavailable:
+            self._stale = True
             return local
 
     @property
@@ -215,20 +222,24 @@ class RedisPresence:
             await self._notify(note.number, note.changed_visibility)
 
     async def _heartbeat(self) -> None:
-        await self._write_back()
+        if self._stale or self._link.rejoined:
+            await self._write_back()
+        else:
+            await self._link.run(self._renew, [self._key], [self._ttl])
         gone = await self._link.run(self._reap, [self._names.nodes], [self._names.online_prefix])
         for i in range(0, len(gone), 2):
             if self._lost is not None:
                 await self._lost(int(gone[i + 1]), gone[i].decode())
 
     async def _write_back(self) -> None:
-        """Write all of this node's counts (after a reconnection, and every heartbeat).
+        """Write all of this node's counts (after a reconnection or a failed write).
 
         If the node was missing from the live nodes (Redis lost its data, or the
         node was silent long enough to be reaped), watchers of its accounts
         may have been told they went offline: tell them again.
         """
         async with self._writes:
+            self._stale = False
             flat = [
                 x
                 for number, count in self._counts.items()
