@@ -51,7 +51,7 @@ def _pg_bin(name: str) -> str:
 class Postgres:
     """A PostgreSQL cluster in a temporary folder; stop() and start() keep its data."""
 
-    def __init__(self) -> None:
+    def __init__(self, base_backup_of: "Postgres | None" = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="plauder-pg-"))
         self.dir.chmod(0o755)
         self.data = self.dir / "data"
@@ -60,6 +60,17 @@ class Postgres:
         self._databases = 0
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
+        if base_backup_of is not None:  # a hot standby streaming from that primary
+            source = ["-h", "127.0.0.1", "-p", str(base_backup_of.port), "-U", "plauder"]
+            subprocess.run(
+                _as_postgres(
+                    [_pg_bin("pg_basebackup"), *source, "-D", str(self.data), "-R", "-X", "stream"]
+                ),
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
+            return
         subprocess.run(
             _as_postgres(
                 [
@@ -125,6 +136,24 @@ class Postgres:
         if self.proc is not None:
             self.proc.wait(30)
             self.proc = None
+
+    def kill(self) -> None:
+        """Crash the server: SIGKILL to the postmaster (its backends follow)."""
+        pid_file = self.data / "postmaster.pid"
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(30)
+            self.proc = None
+
+    def promote(self) -> None:
+        """Turn a standby into a primary."""
+        self.psql("SELECT pg_promote(true, 30)")
+
+    def synchronous(self) -> None:
+        """Commit only once a standby has the WAL (no acknowledged write lost on failover)."""
+        self.psql("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        self.psql("SELECT pg_reload_conf()")
 
     def url(self, database: str = "postgres") -> str:
         """The connection URL of a database."""
