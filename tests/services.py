@@ -304,3 +304,77 @@ backend nodes
             self.proc.wait(10)
             self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Nginx:
+    """nginx proxying WebSocket connections to backends (the http module, least_conn)."""
+
+    def __init__(self, backends: list[int]) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="plauder-nginx-"))
+        self.port = free_port()
+        self.backends = backends
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL clients connect to."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        """The configuration file's text (the proxy part is shown in docs/deploy.md)."""
+        servers = "\n".join(
+            f"        server 127.0.0.1:{port} max_fails=2 fail_timeout=5s;"
+            for port in self.backends
+        )
+        return f"""daemon off;
+master_process off;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {self.dir}/body;
+    proxy_temp_path {self.dir}/proxy;
+    fastcgi_temp_path {self.dir}/fastcgi;
+    uwsgi_temp_path {self.dir}/uwsgi;
+    scgi_temp_path {self.dir}/scgi;
+    upstream plauder {{
+        least_conn;
+{servers}
+    }}
+    server {{
+        listen 127.0.0.1:{self.port};
+        location / {{
+            proxy_pass http://plauder;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }}
+    }}
+}}
+"""
+
+    def start(self) -> None:
+        """Start nginx and wait until it listens."""
+        exe = shutil.which("nginx") or "/usr/sbin/nginx"
+        cfg = self.dir / "nginx.conf"
+        cfg.write_text(self.config())
+        self.proc = subprocess.Popen(
+            [exe, "-c", str(cfg), "-p", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_port(self.port, timeout=10)
+        except RuntimeError as exc:
+            raise RuntimeError((self.dir / "error.log").read_text(errors="replace")) from exc
+
+    def stop(self) -> None:
+        """Stop nginx."""
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)

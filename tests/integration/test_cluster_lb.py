@@ -21,7 +21,7 @@ import pytest
 from plauder.client import Client
 from plauder.client.errors import ClientError
 from tests.conftest import BACKEND, NUMBERS, ServerProcess
-from tests.services import Haproxy, Postgres, Redis
+from tests.services import Haproxy, Nginx, Postgres, Redis
 
 pytestmark = pytest.mark.skipif(
     BACKEND != "postgres", reason="a cluster needs PostgreSQL and Redis"
@@ -37,7 +37,7 @@ class Cluster:
     """The nodes, the load balancer in front of them, and what they share."""
 
     nodes: dict[str, ServerProcess]
-    lb: Haproxy
+    lb: Haproxy | Nginx
     redis: Redis
     postgres: Postgres
     clients: list[Client] = field(default_factory=list)
@@ -64,14 +64,15 @@ def redis_for_cluster() -> Iterator[Redis]:
     redis.stop()
 
 
-@pytest.fixture
+@pytest.fixture(params=["haproxy"])
 async def cluster(
+    request: pytest.FixtureRequest,
     server_factory: Callable[..., ServerProcess],
     postgres: Postgres,
     redis_for_cluster: Redis,
     tmp_path: Path,
 ) -> AsyncIterator[Cluster]:
-    """Three nodes, HAProxy, and 50 clients registered through it and started."""
+    """Three nodes, a load balancer, and 50 clients registered through it and started."""
     url = postgres.create_database()
     secret = tmp_path / "server.key"
     secret.write_bytes(bytes(range(32)))  # every node needs the same one
@@ -88,7 +89,8 @@ async def cluster(
         )
         for name in NODES
     }
-    lb = Haproxy([node.port for node in nodes.values()])
+    ports = [node.port for node in nodes.values()]
+    lb = Haproxy(ports) if request.param == "haproxy" else Nginx(ports)
     lb.start()
     c = Cluster(nodes, lb, redis_for_cluster, postgres)
     try:
@@ -156,7 +158,8 @@ async def assert_delivered_once(c: Cluster, traffic: Traffic, label: str) -> Non
         assert len(texts) == len(set(texts)), f"pair {i} saw a message twice"
 
 
-async def test_messages_flow_across_the_nodes_behind_haproxy(cluster: Cluster) -> None:
+@pytest.mark.parametrize("cluster", ["haproxy", "nginx"], indirect=True)
+async def test_messages_flow_across_the_nodes_behind_a_balancer(cluster: Cluster) -> None:
     traffic = Traffic()
     await exchange(cluster, 4, "ruhig", traffic)
     assert traffic.failures == 0
