@@ -167,7 +167,7 @@ class RedisLink:
         return lost, overflow
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run a command in the background; a failure is logged at debug level only."""
+        """Run a coroutine in the background; a failure is logged at debug level only."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._finished)

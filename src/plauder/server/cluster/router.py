@@ -131,7 +131,7 @@ class RedisRouter:
         """Close the device's connection here and on every other node."""
         held = self._held.get(device_pk)
         if held is not None:
-            await self._drop(device_pk, held)
+            self._drop(device_pk, held)
         if not self._link.connected:
             self._evictions.add(device_pk)  # told when Redis is back
         self._link.publish(self._names.device_channel(device_pk), wire.encode(wire.Evict()))
@@ -192,7 +192,7 @@ class RedisRouter:
         channel = self._names.device_channel(device_pk)
         self._link.publish(channel, wire.encode(wire.Takeover(gen=gen, node=self._node)))
         if held.seen > gen:
-            await self._drop(device_pk, held)
+            self._drop(device_pk, held)
 
     async def _release(self, device_pk: int, gen: int) -> None:
         await self._link.run(
@@ -215,14 +215,18 @@ class RedisRouter:
             for position in superseded:
                 device_pk, held = chunk[int(position) - 1]
                 if self._held.get(device_pk) is held:
-                    await self._drop(device_pk, held)
+                    self._drop(device_pk, held)
 
-    async def _drop(self, device_pk: int, held: _Held) -> None:
-        """Close a connection that gives way; its entry belongs to someone else now."""
+    def _drop(self, device_pk: int, held: _Held) -> None:
+        """Close a connection that gives way; its entry belongs to someone else now.
+
+        The close runs on its own: its handshake may wait seconds for a dead
+        peer, and the messages of every other device must not wait behind it.
+        """
         if self._held.get(device_pk) is held:
             del self._held[device_pk]
             self._link.unsubscribe(self._names.device_channel(device_pk))
-        await held.conn.replaced()
+        self._link.spawn(held.conn.replaced())
 
     # --- messages and resync -----------------------------------------------------------
 
@@ -250,9 +254,9 @@ class RedisRouter:
                 if not held.gen:
                     held.seen = max(held.seen, gen)
                 elif gen > held.gen:
-                    await self._drop(device_pk, held)
+                    self._drop(device_pk, held)
             case wire.Evict():
-                await self._drop(device_pk, held)
+                self._drop(device_pk, held)
             case wire.Resync():
                 self._resync(held)
 
