@@ -145,3 +145,19 @@ async def test_resync_pushes_what_a_lost_offer_left_behind_exactly_once(store: S
     await settle(socket, 2)
     assert socket.eids() == [first, lost]  # the unacknowledged one is not pushed twice
     feed.close()
+
+
+async def test_an_offer_arriving_after_its_ack_is_not_pushed_again(store: Store) -> None:
+    alice, bob = await register(store, "+4915100000001"), await register(store, "+4915100000002")
+    eid = await send(store, alice, bob, b"read by the pump first")
+    socket = Socket()
+    feed = DeviceFeed(store, bob.device_pk, socket.send, lambda: True, window=10)
+    feed.start()  # the pump reads it before the sender's offer comes (another node's, say)
+    await settle(socket, 1)
+    await store.ack(bob.device_pk, [eid])
+    feed.acked([eid])
+    row_frame = socket.frames[0]
+    await feed.offer(eid, codec.encode(row_frame))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert socket.eids() == [eid]
+    feed.close()

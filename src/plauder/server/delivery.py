@@ -1,6 +1,7 @@
 """A device's feed: queued envelopes first, then live ones, in order, within a window."""
 
 import asyncio
+import collections
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -11,6 +12,7 @@ from plauder.server.storage import Store
 log = logging.getLogger(__name__)
 
 PAGE = 100
+RECENTLY_ACKED = 4096  # acked eids a feed remembers, to ignore late offers of them
 
 
 class DeviceFeed:
@@ -40,6 +42,10 @@ class DeviceFeed:
         self._last_eid = 0  # the pump reads after this id
         self._rewind: int | None = None  # read again from here, before the next page
         self._unacked: set[int] = set()
+        # acked lately: an offer arriving after its ack (from another node, or a send whose
+        # task resumed late) must not push the envelope again
+        self._acked: set[int] = set()
+        self._acked_order: collections.deque[int] = collections.deque()
         self._live = False
         self._dirty = False
         self._drained_sent = False
@@ -69,7 +75,7 @@ class DeviceFeed:
         live feed pushes what it is offered; a feed catching up moves its read
         position back before an id it may have read past.
         """
-        if self._closed or eid in self._unacked:
+        if self._closed or eid in self._unacked or eid in self._acked:
             return
         if self._live and len(self._unacked) < self._window and self._writable():
             self._last_eid = max(self._last_eid, eid)
@@ -94,6 +100,12 @@ class DeviceFeed:
     def acked(self, eids: list[int]) -> None:
         """The client acknowledged envelopes: free their window slots."""
         self._unacked.difference_update(eids)
+        for eid in eids:
+            if eid not in self._acked:
+                self._acked.add(eid)
+                self._acked_order.append(eid)
+        while len(self._acked_order) > RECENTLY_ACKED:
+            self._acked.discard(self._acked_order.popleft())
         if not self._live:
             self._kick()
 
