@@ -1,6 +1,7 @@
 """Exceptions the SDK raises."""
 
 from plauder.errors import PlauderError
+from plauder.protocol.errors import ErrorCode
 
 
 class ClientError(PlauderError):
@@ -38,3 +39,7 @@ class UnknownContact(ClientError):
 
 class UntrustedDevices(ClientError):
     """A contact's device list is not signed by their account key: nothing was sent."""
+
+
+# error codes that say "not now": the request may succeed if made again later
+TRANSIENT = (ErrorCode.UNAVAILABLE, ErrorCode.RATE_LIMITED, ErrorCode.INTERNAL)

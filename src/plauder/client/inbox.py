@@ -9,7 +9,7 @@ import msgspec
 
 from plauder.client.connection import next_request_id
 from plauder.client.contacts import Contacts
-from plauder.client.errors import ClientError, ConnectionLost, ServerError
+from plauder.client.errors import TRANSIENT, ClientError, ConnectionLost, ServerError
 from plauder.client.events import (
     DecryptionError,
     Event,
@@ -41,6 +41,7 @@ from plauder.protocol.frames import Ack, Drained, Envelope, KeysLow, Presence, S
 log = logging.getLogger(__name__)
 
 ACK_BATCH = 100
+ACK_RETRY_SECONDS = 0.5
 
 
 class Inbox:
@@ -81,6 +82,7 @@ class Inbox:
         self._busy = 0
         self._idle = asyncio.Event()
         self._acks: list[int] = []
+        self._ack_retry_pending = False
         self._presence: dict[str, tuple[bool, int | None]] = {}
 
     async def run(self) -> None:
@@ -127,6 +129,12 @@ class Inbox:
         for number in numbers:
             self._presence.pop(number, None)
 
+    async def _flush_acks_later(self) -> None:
+        await asyncio.sleep(ACK_RETRY_SECONDS)
+        self._ack_retry_pending = False
+        await self.flush_acks()
+        self._idle.set()
+
     async def flush_acks(self) -> None:
         """Acknowledge the processed envelopes on the current connection, if any."""
         if not self._acks:
@@ -138,7 +146,12 @@ class Inbox:
         try:
             await conn.request(Ack(id=next_request_id(), eids=eids))
         except ServerError as exc:
-            if exc.code != ErrorCode.UNKNOWN_ENVELOPE:
+            if exc.code in TRANSIENT:  # the server's database is away: ack again shortly
+                self._acks = eids + self._acks
+                if not self._ack_retry_pending:
+                    self._ack_retry_pending = True
+                    self._background.spawn(self._flush_acks_later())
+            elif exc.code != ErrorCode.UNKNOWN_ENVELOPE:
                 log.warning("ack failed: %s", exc)
         except ConnectionLost:
             pass

@@ -8,6 +8,7 @@ import msgspec
 from plauder.client.connection import next_request_id
 from plauder.client.contacts import Contacts
 from plauder.client.errors import (
+    TRANSIENT,
     ClientError,
     NotConnected,
     ServerError,
@@ -133,7 +134,7 @@ class Outbox:
         except (UnknownContact, UntrustedDevices) as exc:
             self._fail(entry, exc)
         except ServerError as exc:
-            if exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.RATE_LIMITED, ErrorCode.INTERNAL):
+            if exc.code in TRANSIENT:
                 self._retry_later(entry)  # transient: stays in the outbox, tried again
                 return
             self._fail(entry, exc)
