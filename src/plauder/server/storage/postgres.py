@@ -1,6 +1,7 @@
 """The PostgreSQL backend: a connection pool, writes batched into group commits."""
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from plauder.server.storage.base import (
 )
 from plauder.server.storage.batch import AckOp, SendOp, resolve
 from plauder.server.storage.methods import SharedMethods
-from plauder.server.storage.postgres_sends import PgTx, delete_acked, store_sends
+from plauder.server.storage.postgres_sends import DeviceCache, PgTx, write_batch
 from plauder.server.storage.schema import POSTGRES_TYPES
 
 T = TypeVar("T")
@@ -25,7 +26,10 @@ _Item = tuple[SendOp | AckOp, asyncio.Future[Any]]
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1024
-LANES = 3  # batches committing at once: one builds while others wait for their fsync
+# Batches committing at once per process. One: whatever queues during a commit shares
+# the next one. Three lanes meant more and smaller commits, and higher latency at every
+# load measured (docs/performance.md).
+LANES = 1
 MIGRATION_LOCK = 0x706C6175  # advisory lock id: one node migrates at a time
 ACQUIRE_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
@@ -52,6 +56,7 @@ class PostgresStore(SharedMethods):
         self._pool: asyncpg.Pool | None = None
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._writers: list[asyncio.Task[None]] = []
+        self._devices = DeviceCache()
         self.batches = 0
         self.operations = 0
         self.failures = 0
@@ -126,43 +131,52 @@ class PostgresStore(SharedMethods):
         return fut
 
     async def _write_forever(self) -> None:
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            if self._queue.empty() and self._gather > 0:
-                await asyncio.sleep(self._gather)  # let neighbours share the commit
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is None:
-                    self._queue.put_nowait(None)  # for this lane's next turn
-                    break
-                batch.append(nxt)
-            try:
-                await self._commit(batch)
-            except Exception as exc:  # never lose the writer: fail the batch instead
-                log.exception("batch commit failed")
-                _fail_all(batch, unavailable(exc))
+        lane = _Lane()
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is None:
+                    return
+                batch = [item]
+                if self._queue.empty() and self._gather > 0:
+                    await asyncio.sleep(self._gather)  # let neighbours share the commit
+                while len(batch) < MAX_BATCH and not self._queue.empty():
+                    nxt = self._queue.get_nowait()
+                    if nxt is None:
+                        self._queue.put_nowait(None)  # for this lane's next turn
+                        break
+                    batch.append(nxt)
+                try:
+                    await self._commit(lane, batch)
+                except Exception as exc:  # never lose the writer: fail the batch instead
+                    log.exception("batch commit failed")
+                    await lane.drop(self._pool)
+                    _fail_all(batch, unavailable(exc))
+        finally:
+            await lane.drop(self._pool)
 
-    async def _commit(self, batch: list[_Item]) -> None:
-        """Store a batch in one transaction; on a database error retry it op by op."""
+    async def _commit(self, lane: "_Lane", batch: list[_Item]) -> None:
+        """Store a batch in one statement; on a database error retry it op by op."""
         assert self._pool is not None
         sends = [(op, fut) for op, fut in batch if isinstance(op, SendOp)]
         acks = [(op, fut) for op, fut in batch if isinstance(op, AckOp)]
         try:
-            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as con, con.transaction():
-                counts = await delete_acked(con, [op for op, _ in acks]) if acks else []
-                outcomes = await store_sends(con, [op for op, _ in sends]) if sends else []
+            con = await lane.connection(self._pool)
+            counts, outcomes = await write_batch(
+                con, self._devices, [op for op, _ in acks], [op for op, _ in sends]
+            )
         except asyncpg.PostgresError as exc:
-            if len(batch) > 1 and not _connection_lost(exc):
+            if _connection_lost(exc):
+                await lane.drop(self._pool)
+            elif len(batch) > 1:
                 for item in batch:
-                    await self._commit([item])
+                    await self._commit(lane, [item])
                 return
             self.failures += 1
             _fail_all(batch, unavailable(exc))
             return
         except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            await lane.drop(self._pool)
             self.failures += 1
             _fail_all(batch, unavailable(exc))
             return
@@ -184,6 +198,37 @@ class PostgresStore(SharedMethods):
         pks = await self._query(queries.device_pks, numbers, write=False)
         found = resolve(sender, envelopes, lambda number: pks.get(number, {}))
         return tuple(Delivery(pk, 0, env) for pk, env in found)
+
+
+class _Lane:
+    """A writer lane's own pooled connection, kept between batches (a release would
+    reset it, one more round trip per commit) and dropped when it fails."""
+
+    def __init__(self) -> None:
+        self.con: Any = None
+
+    async def connection(self, pool: asyncpg.Pool) -> Any:
+        """The lane's connection, acquired anew when it has none or the server closed it."""
+        if self.con is not None and _closed(self.con):
+            await self.drop(pool)
+        if self.con is None:
+            self.con = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
+        return self.con
+
+    async def drop(self, pool: asyncpg.Pool | None) -> None:
+        """Give the connection back to the pool (which replaces a broken one)."""
+        con, self.con = self.con, None
+        if con is not None and pool is not None:
+            with contextlib.suppress(*ERRORS):
+                await pool.release(con, timeout=ACQUIRE_TIMEOUT)
+
+
+def _closed(con: Any) -> bool:
+    """Whether a pooled connection is gone (the pool takes one back once it closes)."""
+    try:
+        return bool(con.is_closed())
+    except asyncpg.InterfaceError:
+        return True
 
 
 def _connection_lost(exc: BaseException) -> bool:
