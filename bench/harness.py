@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bench.accounts import CodeCollector
+from bench.backends import Stack, stack
 from bench.server import ServerProcess, Snapshot
 from bench.workers import Args, HandlerFactory, Pool
 
@@ -35,16 +36,45 @@ class Settings:
     keep: bool = False  # keep the data folder and server log
     profile_dir: Path | None = None  # record the server with py-spy during measured phases
     server_src: Path | None = None  # run the server from another source tree (PYTHONPATH)
+    backend: str = "sqlite"  # sqlite | postgres (PostgreSQL + Redis, started by the bench)
+    server_workers: int = 1  # `plauder serve --workers` (postgres only)
 
 
 @dataclass
 class Env:
-    """A running server with its code collector."""
+    """Running server nodes (one unless a scenario asks for more) with a code collector."""
 
-    server: ServerProcess
+    servers: list[ServerProcess]
     collector: CodeCollector
     salt: bytes
     tmp: Path
+    stack: Stack
+
+    @property
+    def server(self) -> ServerProcess:
+        """The first node: registration and /metrics go there."""
+        return self.servers[0]
+
+    def check(self) -> None:
+        """Raise ServerError if a node died."""
+        for server in self.servers:
+            server.check()
+
+    def snapshot(self) -> Snapshot:
+        """CPU and memory of all nodes together now."""
+        return Snapshot.total([s.snapshot() for s in self.servers])
+
+    def stack_snapshot(self) -> dict[str, Snapshot]:
+        """CPU and memory of PostgreSQL and Redis now (nothing for SQLite)."""
+        return self.stack.snapshots()
+
+    async def counters(self) -> dict[str, float]:
+        """Store counters: SQLite commits from /metrics, PostgreSQL's from the database."""
+        if self.stack.backend == "sqlite":
+            metrics = await self.server.metrics()
+            return {"db_commits": metrics["db_batches"], "db_operations": metrics["db_operations"]}
+        counters = self.stack.counters()
+        return {"db_commits": counters["write_xacts"], "wal_bytes": counters["wal_bytes"]}
 
     def spec(self, indices: Sequence[int], **extra: object) -> Args:
         """The spec of a load generator owning these accounts."""
@@ -53,20 +83,36 @@ class Env:
 
 
 @contextlib.asynccontextmanager
-async def environment(settings: Settings) -> AsyncIterator[Env]:
-    """Start a code collector and a server; stop both (SIGTERM) at the end, also on error."""
+async def environment(settings: Settings, nodes: int = 1) -> AsyncIterator[Env]:
+    """Start a code collector, the backend's services and `nodes` servers (each with
+    `settings.server_workers` processes); stop everything at the end, also on error."""
+    if (nodes > 1 or settings.server_workers > 1) and settings.backend != "postgres":
+        raise ValueError("several nodes or server workers need --backend postgres")
     tmp = Path(tempfile.mkdtemp(prefix="plauder-bench-", dir=settings.data_dir))
     collector = CodeCollector()
-    server: ServerProcess | None = None
+    servers: list[ServerProcess] = []
     try:
-        sms_url = await collector.start()
-        options = {**BENCH_OPTIONS, "sms_http_url": sms_url, **settings.server_options}
-        server = ServerProcess(tmp / "data", options, settings.server_src)
-        server.start()
-        yield Env(server, collector, secrets.token_bytes(16), tmp)
+        with stack(settings.backend) as services:
+            try:
+                sms_url = await collector.start()
+                options = {**BENCH_OPTIONS, "sms_http_url": sms_url, **settings.server_options}
+                if nodes > 1:  # every node of a cluster hashes codes with the same secret
+                    options["secret_file"] = str(tmp / "server.key")
+                for n in range(nodes):
+                    flags = list(services.flags)
+                    if services.backend != "sqlite":
+                        flags += ["--node-id", f"node{n}"]
+                    data = tmp / ("data" if nodes == 1 else f"data{n}")
+                    server = ServerProcess(
+                        data, options, settings.server_src, flags, settings.server_workers
+                    )
+                    servers.append(server)
+                    server.start()
+                yield Env(servers, collector, secrets.token_bytes(16), tmp, services)
+            finally:  # the servers stop before their database does
+                for server in servers:
+                    server.stop()
     finally:
-        if server is not None:
-            server.stop()
         await collector.stop()
         if settings.keep:
             print(f"bench: server data and log kept in {tmp}", flush=True)
@@ -78,7 +124,7 @@ async def environment(settings: Settings) -> AsyncIterator[Env]:
 def generators(env: Env, factory: HandlerFactory, specs: list[Args]) -> Iterator[Pool]:
     """Start load-generator processes; stop them at the end, also on error."""
     pool = Pool(factory, specs)
-    pool.watch = env.server.check  # a dead server fails the command at once
+    pool.watch = env.check  # a dead server fails the command at once
     try:
         pool.start()
         yield pool
@@ -118,6 +164,22 @@ def server_usage(before: Snapshot, after: Snapshot) -> Args:
         "server_threads": after.threads,
         "server_fds": after.fds,
     }
+
+
+def stack_usage(before: dict[str, Snapshot], after: dict[str, Snapshot], messages: int) -> Args:
+    """CPU of PostgreSQL and Redis between two snapshots, also per 1,000 messages.
+
+    `stack_cpu_per_1000` is their sum (0 for SQLite), to add to the server's own.
+    """
+    out: Args = {"stack_cpu_per_1000": 0.0}
+    for name, end in after.items():
+        cpu = end.cpu_since(before[name])
+        wall = end.t - before[name].t
+        per_1000 = cpu / messages * 1000 if messages else 0.0
+        out[f"{name}_cpu_cores"] = cpu / wall if wall > 0 else 0.0
+        out[f"{name}_cpu_per_1000_msgs_s"] = per_1000
+        out["stack_cpu_per_1000"] += per_1000
+    return out
 
 
 def cpu_count() -> int:

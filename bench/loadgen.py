@@ -78,13 +78,19 @@ class LoadWorker(Commands):
         done, errors = await run_bounded(self.idents.values(), one, concurrency, timeout)
         return _timed(start, done, errors)
 
-    async def cmd_connect(self, ws_url: str, concurrency: int, timeout: float) -> Args:
-        """Open and authenticate one connection per account; keeps them open."""
+    async def cmd_connect(
+        self, ws_url: str, concurrency: int, timeout: float, urls: dict[int, str] | None = None
+    ) -> Args:
+        """Open and authenticate one connection per account; keeps them open.
+
+        `urls` sends some accounts (by index) to another node than `ws_url`.
+        """
         latencies: list[float] = []
+        urls = urls or {}
 
         async def one(ident: Identity) -> None:
             t0 = time.monotonic_ns()
-            wire = await Wire.open(self.session, ws_url)
+            wire = await Wire.open(self.session, urls.get(ident.index, ws_url))
             try:
                 await authenticate(wire, ident)
             except BaseException:

@@ -22,13 +22,19 @@ def py_spy() -> str | None:
 
 
 class Profiler:
-    """Records the server with `py-spy record --format raw` until stopped."""
+    """Records server processes with `py-spy record --format raw` until stopped.
 
-    def __init__(self, pid: int, path: Path, rate: int = 250) -> None:
-        self.pid = pid
-        self.path = path
+    One file per process (`<path>` for one, `<stem>-<pid><suffix>` for several); the
+    summary adds them up.
+    """
+
+    def __init__(self, pids: list[int], path: Path, rate: int = 250) -> None:
+        self.pids = pids
+        self.paths = (
+            [path] if len(pids) == 1 else [path.with_stem(f"{path.stem}-{pid}") for pid in pids]
+        )
         self.rate = rate
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> bool:
         """Start sampling; False if py-spy is not installed."""
@@ -36,24 +42,29 @@ class Profiler:
         if exe is None:
             print("bench: py-spy not found (pip install py-spy): not profiling", flush=True)
             return False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [exe, "record", "--pid", str(self.pid), "--format", "raw", "--threads"]
-        cmd += ["--rate", str(self.rate), "--nonblocking", "-o", str(self.path)]
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for pid, path in zip(self.pids, self.paths, strict=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [exe, "record", "--pid", str(pid), "--format", "raw", "--threads"]
+            cmd += ["--rate", str(self.rate), "--nonblocking", "-o", str(path)]
+            self._procs.append(
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
         return True
 
     def stop(self) -> Args:
         """Stop sampling (SIGINT makes py-spy write its file); the top functions."""
-        proc = self._proc
-        if proc is None:
+        if not self._procs:
             return {}
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        return summarize_raw(self.path) if self.path.exists() else {}
+        for proc in self._procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self._procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self._procs = []
+        return summarize_raw([p for p in self.paths if p.exists()])
 
 
 def _function(frame: str) -> str:
@@ -63,13 +74,14 @@ def _function(frame: str) -> str:
     return f"{name} ({where.rsplit('/', 1)[-1]}" if where else name
 
 
-def summarize_raw(path: Path) -> Args:
+def summarize_raw(paths: list[Path]) -> Args:
     """Samples per thread, and the top functions by self and by inclusive samples."""
     self_samples: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     threads: Counter[str] = Counter()
     total = 0
-    for line in path.read_text(errors="replace").splitlines():
+    lines = [line for path in paths for line in path.read_text(errors="replace").splitlines()]
+    for line in lines:
         match = _LINE.match(line)
         if not match:
             continue

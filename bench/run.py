@@ -1,7 +1,9 @@
-"""`python -m bench.run [idle|pairs|e2e ...] [options]`: run scenarios, print a summary.
+"""`python -m bench.run [idle|pairs|backends|cross|e2e ...] [options]`: run scenarios.
 
-With no scenario, the default suite runs: idle with 19,000 connections, pairs with
-1,000 clients (closed loop, then paced at 2,000 messages/s) and e2e with 10 pairs.
+With no scenario, the default suite runs: idle with 19,000 connections; backends (pairs
+with 1,000 clients, closed loop then paced at 2,000 messages/s, on SQLite and then on
+PostgreSQL + Redis with 2 server workers); cross (2,000 messages/s across two nodes,
+then on one); e2e with 10 pairs.
 """
 
 import argparse
@@ -12,15 +14,19 @@ import time
 from pathlib import Path
 
 from bench import report
+from bench.backends import BACKENDS
 from bench.harness import Settings
+from bench.scenarios.cluster import run_backends, run_cross, section
 from bench.scenarios.e2e import E2eParams, run_e2e
 from bench.scenarios.idle import IdleParams, run_idle
 from bench.scenarios.pairs import MAX, PairsParams, run_pairs
 from bench.workers import Args, raise_file_limit
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("idle", "pairs", "e2e")
+SCENARIOS = ("idle", "pairs", "backends", "cross", "e2e")
+DEFAULT_SUITE = ("idle", "backends", "cross", "e2e")
 DEFAULT_RATES = [MAX, 2000.0]
+CROSS_RATES = [2000.0]
 
 
 def _rate(text: str) -> float:
@@ -35,7 +41,12 @@ def _rate(text: str) -> float:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="idle, pairs, e2e (all)")
+    p.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"{', '.join(SCENARIOS)} (default: {', '.join(DEFAULT_SUITE)})",
+    )
     p.add_argument("--clients", type=int, default=1000, help="pairs: clients (half send)")
     p.add_argument("--messages", type=int, help="pairs: per sender (200); e2e: per sender (50)")
     p.add_argument("--in-flight", type=int, default=10, help="pairs: window per sender")
@@ -52,6 +63,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=10, help="e2e: pairs of SDK clients")
     p.add_argument("--workers", type=int, help="load-generator processes (idle 4, pairs 2)")
     p.add_argument("--repeat", type=int, default=1, help="run each scenario this many times")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="sqlite",
+        help="idle, pairs, e2e: the embedded SQLite, or PostgreSQL + Redis started by the bench",
+    )
+    p.add_argument(
+        "--server-workers",
+        type=int,
+        help="`plauder serve --workers` (postgres; default 1, in backends 2, in cross 1 per node)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -92,7 +114,18 @@ def _settings(args: argparse.Namespace) -> Settings:
         keep=args.keep,
         profile_dir=args.out / "profiles" if args.profile else None,
         server_src=args.server_src,
+        backend=args.backend,
+        server_workers=args.server_workers or 1,
     )
+
+
+def _pairs_params(args: argparse.Namespace, rates: list[float]) -> PairsParams:
+    pairs = PairsParams(clients=args.clients, in_flight=args.in_flight, rates=args.rate or rates)
+    pairs.messages = args.messages or pairs.messages
+    pairs.duration = args.duration
+    pairs.warmup = args.warmup
+    pairs.workers = args.workers or pairs.workers
+    return pairs
 
 
 async def run_one(name: str, args: argparse.Namespace, results: dict[str, list[Args]]) -> None:
@@ -102,16 +135,16 @@ async def run_one(name: str, args: argparse.Namespace, results: dict[str, list[A
         idle = IdleParams(connections=args.connections, hold=args.hold)
         idle.workers = args.workers or idle.workers
         results.setdefault("idle", []).append(await run_idle(idle, settings))
-    elif name == "pairs":
-        rates = args.rate or (DEFAULT_RATES if not args.scenarios else [MAX])
-        pairs = PairsParams(clients=args.clients, in_flight=args.in_flight, rates=rates)
-        pairs.messages = args.messages or pairs.messages
-        pairs.duration = args.duration
-        pairs.warmup = args.warmup
-        pairs.workers = args.workers or pairs.workers
-        for phase in await run_pairs(pairs, settings):
-            key = "pairs" if phase["mode"] == "closed-loop" else "rate"
-            results.setdefault(key, []).append(phase)
+    elif name in ("pairs", "backends", "cross"):
+        if name == "pairs":
+            phases = await run_pairs(_pairs_params(args, [MAX]), settings)
+        elif name == "backends":
+            pairs = _pairs_params(args, DEFAULT_RATES)
+            phases = await run_backends(pairs, settings, args.server_workers or 2)
+        else:
+            phases = await run_cross(_pairs_params(args, CROSS_RATES), settings)
+        for phase in phases:
+            results.setdefault(phase.get("section") or section(phase), []).append(phase)
     elif name == "e2e":
         e2e = E2eParams(pairs=args.pairs, messages=args.messages or 50)
         results.setdefault("e2e", []).append(await run_e2e(e2e, settings))
@@ -122,7 +155,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, list[Args]], list[str
     results: dict[str, list[Args]] = {}
     failures: list[str] = []
     for _ in range(args.repeat):
-        for name in args.scenarios or SCENARIOS:
+        for name in args.scenarios or DEFAULT_SUITE:
             t0 = time.monotonic()
             print(f"bench: running {name} ...", flush=True)
             try:

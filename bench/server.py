@@ -37,6 +37,45 @@ class Snapshot:
         """CPU seconds used between two snapshots."""
         return self.cpu - before.cpu
 
+    @classmethod
+    def of_tree(cls, root: psutil.Process) -> "Snapshot":
+        """A process with its children: their CPU (also of children that already exited
+        and were reaped), main threads, RSS, threads and open files added up."""
+        cpu = main = kernel = 0.0
+        rss = threads = fds = 0
+        with root.oneshot():
+            times = root.cpu_times()
+            cpu += times.children_user + times.children_system
+            kernel += times.children_system
+            processes = [root, *root.children(recursive=True)]
+        for proc in processes:
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    own = [t for t in proc.threads() if t.id == proc.pid]
+                    cpu += times.user + times.system
+                    kernel += times.system
+                    main += own[0].user_time + own[0].system_time if own else 0.0
+                    rss += proc.memory_info().rss
+                    threads += proc.num_threads()
+                    fds += proc.num_fds()
+            except psutil.NoSuchProcess:
+                continue  # exited meanwhile: its CPU shows in the parent's children times
+        return cls(time.monotonic(), cpu, main, kernel, rss, threads, fds)
+
+    @classmethod
+    def total(cls, parts: "list[Snapshot]") -> "Snapshot":
+        """Several processes (taken at nearly the same time) as one."""
+        return cls(
+            t=max(p.t for p in parts),
+            cpu=sum(p.cpu for p in parts),
+            main_cpu=sum(p.main_cpu for p in parts),
+            sys_cpu=sum(p.sys_cpu for p in parts),
+            rss=sum(p.rss for p in parts),
+            threads=sum(p.threads for p in parts),
+            fds=sum(p.fds for p in parts),
+        )
+
 
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM if the bench process dies (Linux)."""
@@ -48,12 +87,25 @@ def _die_with_parent() -> None:
 
 
 class ServerProcess:
-    """One `python -m plauder.cli serve` process on 127.0.0.1 and a free port."""
+    """One `python -m plauder.cli serve` on 127.0.0.1 and a free port.
 
-    def __init__(self, data: Path, options: dict[str, str], src: Path | None = None) -> None:
+    With `workers` > 1 it is a supervisor and that many worker processes sharing the
+    port; CPU, RSS and profiles then cover all of them.
+    """
+
+    def __init__(
+        self,
+        data: Path,
+        options: dict[str, str],
+        src: Path | None = None,
+        flags: list[str] | None = None,
+        workers: int = 1,
+    ) -> None:
         self.data = data
         self.options = dict(options)
         self.src = src  # another plauder source tree (its `src` folder) to run instead
+        self.flags = list(flags or [])  # e.g. --database, --redis, --node-id
+        self.workers = workers
         self.log_path = data.parent / f"{data.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -67,6 +119,13 @@ class ServerProcess:
         return self.proc.pid
 
     @property
+    def pids(self) -> list[int]:
+        """The processes that serve (the workers under a supervisor)."""
+        if self.workers <= 1 or self._ps is None:
+            return [self.pid]
+        return [p.pid for p in self._ps.children()]
+
+    @property
     def ws_url(self) -> str:
         """The WebSocket endpoint."""
         return self.url.replace("http://", "ws://") + "/v1/ws"
@@ -74,7 +133,9 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> None:
         """Start the process and wait until it prints its address."""
         cmd = [sys.executable, "-m", "plauder.cli", "serve", "--host", "127.0.0.1"]
-        cmd += ["--port", "0", "--data", str(self.data)]
+        cmd += ["--port", "0", "--data", str(self.data), *self.flags]
+        if self.workers > 1:
+            cmd += ["--workers", str(self.workers)]
         for name, value in self.options.items():
             cmd += ["--set", f"{name}={value}"]
         self.data.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +146,7 @@ class ServerProcess:
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
             )
-        self._starts += 1
+        self._starts += self.workers  # every worker says where it listens
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = LISTEN.findall(self.log_text())
@@ -120,18 +181,7 @@ class ServerProcess:
         """CPU time, RSS, threads and open files of the server now."""
         self.check()
         assert self._ps is not None
-        with self._ps.oneshot():
-            cpu = self._ps.cpu_times()
-            main = [t for t in self._ps.threads() if t.id == self._ps.pid]
-            return Snapshot(
-                t=time.monotonic(),
-                cpu=cpu.user + cpu.system,
-                main_cpu=main[0].user_time + main[0].system_time if main else 0.0,
-                sys_cpu=cpu.system,
-                rss=self._ps.memory_info().rss,
-                threads=self._ps.num_threads(),
-                fds=self._ps.num_fds(),
-            )
+        return Snapshot.of_tree(self._ps)
 
     async def metrics(self, timeout: float = 10.0) -> dict[str, float]:
         """The counters of /metrics, by name without the `plauder_` prefix."""

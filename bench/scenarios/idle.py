@@ -56,7 +56,7 @@ async def run_idle(p: IdleParams, settings: Settings) -> Args:
             profiler = None
             if settings.profile_dir is not None:
                 profile = settings.profile_dir / f"idle-{p.connections}.txt"
-                profiler = Profiler(env.server.pid, profile)
+                profiler = Profiler(env.server.pids, profile)
                 profiler.start()
             before = env.server.snapshot()
             args = {"ws_url": env.server.ws_url, "concurrency": per_worker, "timeout": 600}
