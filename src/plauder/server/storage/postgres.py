@@ -108,20 +108,32 @@ class PostgresStore(SharedMethods):
     async def _query(
         self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, write: bool = True
     ) -> T:
-        """Run a shared operation (storage/queries.py) on a pooled connection."""
+        """Run a shared operation (storage/queries.py) on a pooled connection.
+
+        When the database went away, every connection the pool holds is dead:
+        they are all replaced on their next use rather than failing one request
+        each. A read that hit a dead connection is tried once more at once.
+        """
         if self._pool is None:
             raise StorageError("store is not running")
-        try:
-            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as con:
-                if not write:
-                    return await fn(PgTx(con), *args)
-                async with con.transaction():
-                    return await fn(PgTx(con), *args)
-        except ServiceError:
-            raise
-        except ERRORS as exc:
-            self.failures += 1
-            raise unavailable(exc) from exc
+        for attempt in (1, 2):
+            try:
+                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as con:
+                    if not write:
+                        return await fn(PgTx(con), *args)
+                    async with con.transaction():
+                        return await fn(PgTx(con), *args)
+            except ServiceError:
+                raise
+            except ERRORS as exc:
+                lost = _connection_lost(exc) or not isinstance(exc, asyncpg.PostgresError)
+                if lost:
+                    await self._pool.expire_connections()
+                if lost and not write and attempt == 1:
+                    continue
+                self.failures += 1
+                raise unavailable(exc) from exc
+        raise AssertionError("unreachable")
 
     def _enqueue(self, op: SendOp | AckOp) -> asyncio.Future[Any]:
         if self._pool is None or not self._writers:
@@ -168,6 +180,7 @@ class PostgresStore(SharedMethods):
         except asyncpg.PostgresError as exc:
             if _connection_lost(exc):
                 await lane.drop(self._pool)
+                await self._pool.expire_connections()
             elif len(batch) > 1:
                 for item in batch:
                     await self._commit(lane, [item])
@@ -177,6 +190,7 @@ class PostgresStore(SharedMethods):
             return
         except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             await lane.drop(self._pool)
+            await self._pool.expire_connections()
             self.failures += 1
             _fail_all(batch, unavailable(exc))
             return
