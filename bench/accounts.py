@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from bench.wire import Wire
+from bench.wire import Wire, WireError
 from plauder.crypto.encoding import b64encode
 from plauder.crypto.identity import auth_payload, device_payload, prekey_payload
 from plauder.protocol.frames import (
@@ -24,6 +24,7 @@ from plauder.protocol.frames import (
     Verify,
 )
 
+CODE_ATTEMPTS = 5  # request_code answered `unavailable` (e.g. Redis busy) is tried again
 FIRST_NUMBER = 4915100000000  # +49 151 mobile numbers: valid E.164 for phonenumbers
 
 
@@ -151,7 +152,14 @@ async def register(
     """Register one account over the real protocol: request_code, then verify."""
     wire = await Wire.open(session, ws_url)
     try:
-        await wire.request(RequestCode(id=wire.next_id(), number=ident.number))
+        for attempt in range(CODE_ATTEMPTS):  # `unavailable` is transient: the SDK retries too
+            try:
+                await wire.request(RequestCode(id=wire.next_id(), number=ident.number))
+                break
+            except WireError as exc:
+                if exc.code != "unavailable" or attempt == CODE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.2 * 2**attempt)
         code = await fetch_code(session, collector, ident.number)
         frame = Verify(
             id=wire.next_id(),

@@ -15,7 +15,11 @@ OnFrame = Callable[[ServerFrame], None]
 
 
 class WireError(RuntimeError):
-    """The server answered with an error, or the connection failed."""
+    """The server answered with an error (its `code`), or the connection failed."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _ignore(frame: ServerFrame) -> None:
@@ -93,7 +97,7 @@ class Wire:
         finally:
             self._pending.pop(rid, None)
         if isinstance(answer, Error):
-            raise WireError(f"{type(frame).__name__}: {answer.code}: {answer.message}")
+            raise WireError(f"{type(frame).__name__}: {answer.code}: {answer.message}", answer.code)
         return answer
 
     async def close(self) -> None:
