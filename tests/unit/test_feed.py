@@ -161,3 +161,19 @@ async def test_an_offer_arriving_after_its_ack_is_not_pushed_again(store: Store)
     await asyncio.sleep(0.05)
     assert socket.eids() == [eid]
     feed.close()
+
+
+async def test_a_read_older_than_an_ack_does_not_push_the_acked_envelope_again(
+    store: Store,
+) -> None:
+    alice, bob = await register(store, "+4915100000001"), await register(store, "+4915100000002")
+    eid = await send(store, alice, bob, b"acked while a read was on its way")
+    socket = Socket()
+    feed = DeviceFeed(store, bob.device_pk, socket.send, lambda: True, window=10)
+    feed.start()
+    await settle(socket, 1)
+    feed.acked([eid])  # the read below sees the row as it was before the ack's commit
+    feed.resync()
+    await asyncio.sleep(0.2)
+    assert socket.eids() == [eid]
+    feed.close()

@@ -129,8 +129,8 @@ class DeviceFeed:
                 )
                 for row in rows:
                     self._last_eid = max(self._last_eid, row.eid)
-                    if row.eid in self._unacked:
-                        continue  # pushed before and not yet acknowledged
+                    if row.eid in self._unacked or row.eid in self._acked:
+                        continue  # pushed before (the read may predate the ack's commit)
                     data = codec.encode(
                         Envelope(
                             eid=row.eid,
