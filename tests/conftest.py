@@ -162,6 +162,15 @@ def redis_server() -> Iterator[Redis]:
     redis.stop()
 
 
+@pytest.fixture(name="redis")
+def own_redis() -> Iterator[Redis]:
+    """A Redis of this test's own, which the test may restart or stop."""
+    redis = Redis()
+    redis.start()
+    yield redis
+    redis.stop()
+
+
 @pytest.fixture
 def backend_options(request: pytest.FixtureRequest) -> Callable[[str], dict[str, str]]:
     """Options that put a server on the backend under test: a fresh database per name."""

@@ -243,11 +243,13 @@ class Redis:
         self.start()
 
 
-class Haproxy:
-    """HAProxy balancing TCP (WebSocket) connections over backends, round robin."""
+class Balancer:
+    """A load balancer process in front of plauder nodes on 127.0.0.1."""
+
+    name = "balancer"
 
     def __init__(self, backends: list[int]) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="plauder-haproxy-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"plauder-{self.name}-"))
         self.port = free_port()
         self.backends = backends
         self.proc: subprocess.Popen[bytes] | None = None
@@ -256,6 +258,41 @@ class Haproxy:
     def url(self) -> str:
         """The URL clients connect to."""
         return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        """The configuration file's text."""
+        raise NotImplementedError
+
+    def command(self, config: Path) -> list[str]:
+        """How to start it with that configuration file."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start it and wait until it listens."""
+        cfg = self.dir / f"{self.name}.conf"
+        cfg.write_text(self.config())
+        log = open(self.dir / "output.log", "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(self.command(cfg), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        try:
+            wait_port(self.port, timeout=10)
+        except RuntimeError as exc:
+            logs = [p.read_text(errors="replace") for p in self.dir.glob("*.log")]
+            raise RuntimeError("\n".join(logs)) from exc
+
+    def stop(self) -> None:
+        """Stop it and delete its files."""
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Haproxy(Balancer):
+    """HAProxy balancing WebSocket connections over backends, round robin, checking /health."""
+
+    name = "haproxy"
 
     def config(self) -> str:
         """The configuration file's text (also shown in docs/deploy.md)."""
@@ -282,43 +319,15 @@ backend nodes
 {servers}
 """
 
-    def start(self) -> None:
-        """Start HAProxy and wait until it listens."""
-        exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
-        cfg = self.dir / "haproxy.cfg"
-        cfg.write_text(self.config())
-        log = open(self.dir / "haproxy.log", "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            [exe, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        try:
-            wait_port(self.port, timeout=10)
-        except RuntimeError as exc:
-            raise RuntimeError((self.dir / "haproxy.log").read_text(errors="replace")) from exc
-
-    def stop(self) -> None:
-        """Stop HAProxy."""
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def command(self, config: Path) -> list[str]:
+        """haproxy in the foreground."""
+        return [shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(config)]
 
 
-class Nginx:
+class Nginx(Balancer):
     """nginx proxying WebSocket connections to backends (the http module, least_conn)."""
 
-    def __init__(self, backends: list[int]) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="plauder-nginx-"))
-        self.port = free_port()
-        self.backends = backends
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """The URL clients connect to."""
-        return f"http://127.0.0.1:{self.port}"
+    name = "nginx"
 
     def config(self) -> str:
         """The configuration file's text (the proxy part is shown in docs/deploy.md)."""
@@ -356,25 +365,6 @@ http {{
 }}
 """
 
-    def start(self) -> None:
-        """Start nginx and wait until it listens."""
-        exe = shutil.which("nginx") or "/usr/sbin/nginx"
-        cfg = self.dir / "nginx.conf"
-        cfg.write_text(self.config())
-        self.proc = subprocess.Popen(
-            [exe, "-c", str(cfg), "-p", str(self.dir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_port(self.port, timeout=10)
-        except RuntimeError as exc:
-            raise RuntimeError((self.dir / "error.log").read_text(errors="replace")) from exc
-
-    def stop(self) -> None:
-        """Stop nginx."""
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def command(self, config: Path) -> list[str]:
+        """nginx in the foreground with its files in this folder."""
+        return [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(config), "-p", str(self.dir)]

@@ -21,7 +21,6 @@ from plauder.client.errors import ClientError, ServerError
 from tests.conftest import BACKEND, NUMBERS, ServerProcess, register
 from tests.integration.test_messaging import next_of
 from tests.services import Postgres, Redis
-from tests.unit.test_cluster_redis import own_redis  # noqa: F401 - fixture `redis`
 
 pytestmark = pytest.mark.skipif(BACKEND != "postgres", reason="a cluster needs PostgreSQL")
 

@@ -11,7 +11,7 @@ import asyncio
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,21 +55,12 @@ class Cluster:
         raise AssertionError(f"no node printed a code for {number}")
 
 
-@pytest.fixture(scope="module")
-def redis_for_cluster() -> Iterator[Redis]:
-    """A Redis of the cluster's own: the tests restart it."""
-    redis = Redis()
-    redis.start()
-    yield redis
-    redis.stop()
-
-
 @pytest.fixture(params=["haproxy"])
 async def cluster(
     request: pytest.FixtureRequest,
     server_factory: Callable[..., ServerProcess],
     postgres: Postgres,
-    redis_for_cluster: Redis,
+    redis: Redis,
     tmp_path: Path,
 ) -> AsyncIterator[Cluster]:
     """Three nodes, a load balancer, and 50 clients registered through it and started."""
@@ -81,7 +72,7 @@ async def cluster(
         name: server_factory(
             name,
             database=url,
-            redis=redis_for_cluster.url,
+            redis=redis.url,
             redis_namespace=url.rsplit("/", 1)[1],
             node_id=name,
             secret_file=str(secret),
@@ -92,7 +83,7 @@ async def cluster(
     ports = [node.port for node in nodes.values()]
     lb = Haproxy(ports) if request.param == "haproxy" else Nginx(ports)
     lb.start()
-    c = Cluster(nodes, lb, redis_for_cluster, postgres)
+    c = Cluster(nodes, lb, redis, postgres)
     try:
         for number in NUMBERS[: 2 * PAIRS]:
             client = Client(tmp_path / "profiles" / number.lstrip("+"), number)

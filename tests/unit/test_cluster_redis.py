@@ -8,7 +8,7 @@ import asyncio
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -19,15 +19,6 @@ from tests.services import Redis
 
 ALICE = "+4915100000001"
 BOB = "+4915100000002"
-
-
-@pytest.fixture(name="redis")
-def own_redis() -> Iterator[Redis]:
-    """A Redis of this test's own (tests/integration/test_cluster.py uses it too)."""
-    r = Redis()
-    r.start()
-    yield r
-    r.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import asyncio
 from plauder.protocol import codec
 from plauder.protocol.frames import DeviceKeys, Envelope, OutEnvelope
 from plauder.server.delivery import DeviceFeed
-from plauder.server.storage.base import Sender, Store
+from plauder.server.storage.base import QueuedEnvelope, Sender, Store
 from plauder.server.storage.queries import Tx
 
 
@@ -45,6 +45,28 @@ async def run(store: Store, fn: object) -> None:
     await store._query(fn)  # type: ignore[attr-defined]
 
 
+def late_commit(device: Sender, row: QueuedEnvelope) -> tuple[object, object]:
+    """Operations that hide a stored envelope and bring it back, as a late commit would."""
+
+    async def hide(tx: Tx) -> None:
+        await tx.execute("DELETE FROM envelopes WHERE id = ?", row.eid)
+
+    async def commit_late(tx: Tx) -> None:
+        await tx.execute(
+            "INSERT INTO envelopes (id, device_pk, sender, sender_device, type, body, ts) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            row.eid,
+            device.device_pk,
+            row.sender,
+            row.sender_device,
+            row.type,
+            row.body,
+            row.ts,
+        )
+
+    return hide, commit_late
+
+
 async def settle(socket: Socket, count: int) -> None:
     async with asyncio.timeout(5):
         while len(socket.eids()) < count:
@@ -57,23 +79,7 @@ async def test_an_envelope_committed_late_is_pushed_to_a_live_feed(store: Store)
     low = await send(store, alice, bob, b"first")
     high = await send(store, alice, bob, b"second")
     row = (await store.fetch_queued(bob.device_pk, low - 1, 1))[0]
-
-    async def hide(tx: Tx) -> None:
-        await tx.execute("DELETE FROM envelopes WHERE id = ?", low)
-
-    async def commit_late(tx: Tx) -> None:
-        await tx.execute(
-            "INSERT INTO envelopes (id, device_pk, sender, sender_device, type, body, ts) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            low,
-            bob.device_pk,
-            row.sender,
-            row.sender_device,
-            row.type,
-            row.body,
-            row.ts,
-        )
-
+    hide, commit_late = late_commit(bob, row)
     await run(store, hide)
     socket = Socket()
     feed = DeviceFeed(store, bob.device_pk, socket.send, lambda: True, window=10)
@@ -93,23 +99,7 @@ async def test_a_feed_catching_up_reads_again_below_a_late_offer(store: Store) -
     eids = [await send(store, alice, bob, f"msg {i}".encode()) for i in range(4)]
     late = eids[1]
     row = (await store.fetch_queued(bob.device_pk, late - 1, 1))[0]
-
-    async def hide(tx: Tx) -> None:
-        await tx.execute("DELETE FROM envelopes WHERE id = ?", late)
-
-    async def commit_late(tx: Tx) -> None:
-        await tx.execute(
-            "INSERT INTO envelopes (id, device_pk, sender, sender_device, type, body, ts) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            late,
-            bob.device_pk,
-            row.sender,
-            row.sender_device,
-            row.type,
-            row.body,
-            row.ts,
-        )
-
+    hide, commit_late = late_commit(bob, row)
     await run(store, hide)
     socket = Socket()
     # a window of 2: the feed fills it and stays in catch-up, past the hidden id
