@@ -29,7 +29,8 @@ def workers(server: ServerProcess) -> list[psutil.Process]:
 async def metric(server: ServerProcess, name: str, samples: int = 30) -> list[int]:
     """The metric as several workers report it (each request may reach another one)."""
     values = []
-    async with aiohttp.ClientSession() as session:
+    # a new connection per request: the kernel picks the worker per connection
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         for _ in range(samples):
             async with session.get(server.url + "/metrics") as answer:
                 found = re.search(rf"^plauder_{name} (\d+)$", await answer.text(), re.M)
