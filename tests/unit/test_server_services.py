@@ -181,19 +181,33 @@ async def test_sweep_deletes_envelopes_older_than_the_ttl(store: Store) -> None:
         cmids[body] = secrets.token_bytes(16)
         await store.store_message(alice, cmids[body], to(bob, body), now - age)
 
-    assert await store.sweep(now, TTL_MS) == 3
+    assert await store.sweep(now, TTL_MS, TTL_MS) == 3
     assert await queued_bodies(store, bob) == [b"just under 30 days old", b"a day old", b"new"]
-    assert await store.sweep(now, TTL_MS) == 0  # nothing more to do
+    assert await store.sweep(now, TTL_MS, TTL_MS) == 0  # nothing more to do
 
     # a young message is still remembered: its retry is not stored again
     retry = await store.store_message(alice, cmids[b"a day old"], to(bob, b"a day old"), now)
     assert retry.duplicate
 
 
+async def test_dedup_records_can_expire_before_the_envelopes(store: Store) -> None:
+    alice, bob = await register(store, ALICE), await register(store, BOB)
+    now = 1_800_000_000_000
+    old, young = secrets.token_bytes(16), secrets.token_bytes(16)
+    await store.store_message(alice, old, to(bob, b"three days old"), now - 3 * DAY_MS)
+    await store.store_message(alice, young, to(bob, b"an hour old"), now - 3_600_000)
+
+    assert await store.sweep(now, TTL_MS, 2 * DAY_MS) == 0  # both envelopes stay queued
+    assert await queued_bodies(store, bob) == [b"three days old", b"an hour old"]
+    # the younger cmid is still remembered, the older one forgotten
+    assert (await store.store_message(alice, young, to(bob, b"an hour old"), now)).duplicate
+    assert not (await store.store_message(alice, old, to(bob, b"three days old"), now)).duplicate
+
+
 async def test_sweep_deletes_expired_codes(store: Store) -> None:
     await store.save_code(ALICE, b"old", 1_000)
     await store.save_code(BOB, b"live", 5_000)
-    await store.sweep(2_000, TTL_MS)
+    await store.sweep(2_000, TTL_MS, TTL_MS)
     assert await store.check_code(ALICE, b"old", 0, 5) is CodeCheck.NO_CODE
     assert await store.check_code(BOB, b"live", 0, 5) is CodeCheck.OK
 

@@ -154,9 +154,10 @@ class Server:
 
     async def _sweep_forever(self) -> None:
         ttl_ms = self.config.envelope_ttl_days * 86_400_000
+        dedup_ms = self.config.dedup_ttl_days * 86_400_000
         while True:
             try:
-                n = await self.store.sweep(self.clock.now_ms(), ttl_ms)
+                n = await self.store.sweep(self.clock.now_ms(), ttl_ms, dedup_ms)
                 if n:
                     log.info("swept %d expired envelopes", n)
             except StorageError as exc:

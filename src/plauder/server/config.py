@@ -48,6 +48,7 @@ class Config:
     delivery_window: int = 500
     # retention
     envelope_ttl_days: int = 30
+    dedup_ttl_days: int = 30  # how long a send's cmid is remembered against repeats
     sweep_interval_seconds: float = 3600.0
     # storage: SQLite in the data folder unless a postgresql:// URL is given
     database: str = ""
@@ -114,6 +115,7 @@ _POSITIVE = (
     "request_burst",
     "delivery_window",
     "envelope_ttl_days",
+    "dedup_ttl_days",
     "codes_per_number_per_hour",
     "claims_per_minute",
     "code_requests_per_connection",

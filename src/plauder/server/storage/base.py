@@ -190,7 +190,7 @@ class Store(Protocol):
         """Delete a device's envelopes; returns how many of them existed."""
         ...
 
-    async def sweep(self, now_ms: int, envelope_ttl_ms: int) -> int:
+    async def sweep(self, now_ms: int, envelope_ttl_ms: int, dedup_ttl_ms: int) -> int:
         """Delete expired envelopes, dedup records and codes; returns envelopes deleted."""
         ...
 

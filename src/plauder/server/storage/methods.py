@@ -95,9 +95,9 @@ class SharedMethods:
         deleted: int = await self._enqueue(AckOp(device_pk, list(eids)))
         return deleted
 
-    async def sweep(self, now_ms: int, envelope_ttl_ms: int) -> int:
+    async def sweep(self, now_ms: int, envelope_ttl_ms: int, dedup_ttl_ms: int) -> int:
         """Delete expired envelopes, dedup records and codes; returns envelopes deleted."""
-        return await self._query(queries.sweep, now_ms, envelope_ttl_ms)
+        return await self._query(queries.sweep, now_ms, envelope_ttl_ms, dedup_ttl_ms)
 
     async def presence_info(self, numbers: list[str]) -> list[PresenceInfo]:
         """Presence settings and last seen of the known numbers among these."""

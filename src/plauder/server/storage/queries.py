@@ -334,11 +334,10 @@ async def delete_own(tx: Tx, device_pk: int, eids: list[int]) -> int:
     return deleted
 
 
-async def sweep(tx: Tx, now_ms: int, envelope_ttl_ms: int) -> int:
+async def sweep(tx: Tx, now_ms: int, envelope_ttl_ms: int, dedup_ttl_ms: int) -> int:
     """Delete expired envelopes, dedup records and codes; returns envelopes deleted."""
-    cutoff = now_ms - envelope_ttl_ms
-    n = await tx.execute("DELETE FROM envelopes WHERE ts < ?", cutoff)
-    await tx.execute("DELETE FROM sent_messages WHERE ts < ?", cutoff)
+    n = await tx.execute("DELETE FROM envelopes WHERE ts < ?", now_ms - envelope_ttl_ms)
+    await tx.execute("DELETE FROM sent_messages WHERE ts < ?", now_ms - dedup_ttl_ms)
     await tx.execute("DELETE FROM verification_codes WHERE expires < ?", now_ms)
     return n
 
