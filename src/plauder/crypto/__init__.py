@@ -1,4 +1,4 @@
-"""plauder's cryptography: identities, Olm sessions, safety numbers and keys at rest."""
+"""plauder's cryptography: identities, Olm and Megolm sessions, safety numbers, keys at rest."""
 
 from plauder.crypto.encoding import b64decode, b64encode
 from plauder.crypto.errors import (
@@ -6,7 +6,19 @@ from plauder.crypto.errors import (
     BadStoreKey,
     CryptoError,
     DecryptionFailed,
+    GroupSessionExpired,
+    ReplayedMessage,
+    UnknownGroupSession,
     UntrustedDevice,
+)
+from plauder.crypto.groups import (
+    MAX_GROUP_MESSAGES,
+    MAX_GROUP_SESSION_AGE_MS,
+    GroupCiphertext,
+    GroupKeyShare,
+    GroupPlaintext,
+    InboundGroupSessions,
+    OutboundGroupSession,
 )
 from plauder.crypto.identity import (
     AccountKey,
@@ -23,14 +35,24 @@ from plauder.crypto.sessions import OlmSessions
 from plauder.crypto.storekey import StoreCipher, derive_key, new_key, new_salt
 
 __all__ = [
+    "MAX_GROUP_MESSAGES",
+    "MAX_GROUP_SESSION_AGE_MS",
     "AccountKey",
     "BadSignature",
     "BadStoreKey",
     "CryptoError",
     "DecryptionFailed",
     "Device",
+    "GroupCiphertext",
+    "GroupKeyShare",
+    "GroupPlaintext",
+    "GroupSessionExpired",
+    "InboundGroupSessions",
     "OlmSessions",
+    "OutboundGroupSession",
+    "ReplayedMessage",
     "StoreCipher",
+    "UnknownGroupSession",
     "UntrustedDevice",
     "auth_payload",
     "b64decode",

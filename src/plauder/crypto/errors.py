@@ -1,4 +1,14 @@
-"""Exceptions raised by plauder's cryptography layer."""
+"""Exceptions raised by plauder's cryptography layer.
+
+CryptoError
+├── BadSignature
+├── DecryptionFailed
+│   ├── UnknownGroupSession
+│   └── ReplayedMessage
+├── UntrustedDevice
+├── BadStoreKey
+└── GroupSessionExpired
+"""
 
 from plauder.errors import PlauderError
 
@@ -21,3 +31,15 @@ class UntrustedDevice(CryptoError):
 
 class BadStoreKey(CryptoError):
     """The store key or passphrase is wrong, or sealed data was tampered with."""
+
+
+class UnknownGroupSession(DecryptionFailed):
+    """A group message names a Megolm session whose key this device was never given."""
+
+
+class ReplayedMessage(DecryptionFailed):
+    """A group message with a (session id, message index) already decrypted was seen again."""
+
+
+class GroupSessionExpired(CryptoError):
+    """An outbound Megolm session reached its message or age limit and must be replaced."""
