@@ -111,14 +111,7 @@ class ServerProcess:
 
     def code_for(self, number: str) -> str:
         """The last verification code the console sender printed for a number."""
-        deadline = time.monotonic() + 10
-        pattern = re.compile(rf"verification code for {re.escape(number)}: (\d{{6}})")
-        while time.monotonic() < deadline:
-            codes = pattern.findall(self.log_text())
-            if codes:
-                return codes[-1]
-            time.sleep(0.02)
-        raise AssertionError(f"no code for {number} in the server log")
+        return code_for(number, [self])
 
     def kill(self) -> None:
         """Crash the server: SIGKILL, no chance to flush anything."""
@@ -142,6 +135,19 @@ class ServerProcess:
     def alive(self) -> bool:
         """Whether the process still runs."""
         return self.proc is not None and self.proc.poll() is None
+
+
+def code_for(number: str, servers: list[ServerProcess]) -> str:
+    """The last code for a number that any of these servers' console senders printed."""
+    deadline = time.monotonic() + 10
+    pattern = re.compile(rf"verification code for {re.escape(number)}: (\d{{6}})")
+    while time.monotonic() < deadline:
+        for server in servers:
+            codes = pattern.findall(server.log_text())
+            if codes:
+                return str(codes[-1])
+        time.sleep(0.02)
+    raise AssertionError(f"no server printed a code for {number}")
 
 
 @pytest.fixture(scope="session")

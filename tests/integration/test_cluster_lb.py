@@ -8,7 +8,6 @@ once, and the others must follow once things recover.
 """
 
 import asyncio
-import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +19,7 @@ import pytest
 
 from plauder.client import Client
 from plauder.client.errors import ClientError
-from tests.conftest import BACKEND, NUMBERS, ServerProcess
+from tests.conftest import BACKEND, NUMBERS, ServerProcess, code_for
 from tests.services import Haproxy, Nginx, Postgres, Redis
 
 pytestmark = pytest.mark.skipif(
@@ -44,15 +43,7 @@ class Cluster:
 
     def code_for(self, number: str) -> str:
         """The code whichever node handled the request printed."""
-        pattern = re.compile(rf"verification code for {re.escape(number)}: (\d{{6}})")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            for node in self.nodes.values():
-                found = pattern.findall(node.log_text())
-                if found:
-                    return str(found[-1])
-            time.sleep(0.05)
-        raise AssertionError(f"no node printed a code for {number}")
+        return code_for(number, list(self.nodes.values()))
 
 
 @pytest.fixture(params=["haproxy"])

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from plauder.client import Client, MessageReceived
-from tests.conftest import BACKEND, ServerProcess, register
+from tests.conftest import BACKEND, LISTEN, ServerProcess, register
 from tests.integration.test_messaging import next_of
 
 pytestmark = pytest.mark.skipif(BACKEND != "postgres", reason="workers need PostgreSQL and Redis")
@@ -52,13 +52,10 @@ async def exchange(clients: list[Client], label: str) -> None:
 def started(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
     server = server_factory(workers=2)
     deadline = time.monotonic() + 20
-    while len(LISTEN_LINES.findall(server.log_text())) < 2:  # both workers listen
+    while len(LISTEN.findall(server.log_text())) < 2:  # both workers listen
         assert time.monotonic() < deadline, server.log_text()
         time.sleep(0.05)
     return server
-
-
-LISTEN_LINES = re.compile(r"listening on (http://\S+)")
 
 
 @pytest.fixture
@@ -81,7 +78,7 @@ async def test_two_workers_share_the_port_and_deliver_between_them(
     started: ServerProcess, clients: list[Client]
 ) -> None:
     server = started
-    assert len(set(LISTEN_LINES.findall(server.log_text()))) == 1  # one port for both
+    assert len(set(LISTEN.findall(server.log_text()))) == 1  # one port for both
     assert len(workers(server)) == 2
     await exchange(clients, "Hallo")
     # the kernel spread the 16 connections over both workers, so some messages went

@@ -71,15 +71,6 @@ async def migrate(tx: Tx, types: dict[str, str]) -> int:
     return max(current, len(MIGRATIONS))
 
 
-async def schema_version(tx: Tx) -> int:
-    """The schema version of a database (0 if it is empty)."""
-    try:
-        row = await tx.fetchone("SELECT max(version) FROM schema_version")
-    except Exception:  # no such table: an empty database
-        return 0
-    return int(row[0] or 0) if row else 0
-
-
 async def claim_setting(tx: Tx, name: str, value: str) -> str:
     """Store a cluster setting unless it is set; returns the value in force."""
     await tx.execute(
