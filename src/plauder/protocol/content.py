@@ -22,10 +22,14 @@ class Text(_Content, tag="text", frozen=True, kw_only=True):
 
 
 class Receipt(_Content, tag="receipt", frozen=True, kw_only=True):
-    """The recipient's device stored (`delivered`) or its user saw (`read`) messages."""
+    """The recipient's device stored (`delivered`) or its user saw (`read`) messages.
+
+    Receipts for group messages go to their sender alone, over Olm, naming the group.
+    """
 
     status: Literal["delivered", "read"]
     ids: list[str]
+    group: str = ""  # the group's gid in hex, for receipts of group messages
 
 
 class Typing(_Content, tag="typing", frozen=True, kw_only=True):
@@ -34,7 +38,36 @@ class Typing(_Content, tag="typing", frozen=True, kw_only=True):
     active: bool
 
 
-Content = Text | Receipt | Typing
+class GroupKey(_Content, tag="group_key", frozen=True, kw_only=True):
+    """A sender device's Megolm session key for a group, sent over Olm to one member device.
+
+    The fields from `session_id` to `signature` are crypto.GroupKeyShare's. The
+    share also carries the group's name and description as the sender knows
+    them, so that a new member learns them with its first key.
+    """
+
+    group: str  # gid in hex
+    session_id: str
+    session_key: str
+    message_index: int
+    sender_identity_key: str
+    sender_signing_key: str
+    signature: str
+    name: str = ""
+    description: str = ""
+    state_ts: int = 0  # sender's clock of the state message that set name and description
+
+
+class GroupState(_Content, tag="group_state", frozen=True, kw_only=True):
+    """A group's new name and description (a Megolm message of envelope type 4)."""
+
+    id: str
+    ts: int
+    name: str
+    description: str = ""
+
+
+Content = Text | Receipt | Typing | GroupKey | GroupState
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Content)

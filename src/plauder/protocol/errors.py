@@ -27,6 +27,14 @@ class ErrorCode(StrEnum):
     UNKNOWN_ENVELOPE = "unknown_envelope"
     INVALID_REQUEST = "invalid_request"
     TOO_MANY_KEYS = "too_many_keys"
+    UNKNOWN_GROUP = "unknown_group"  # no such group, or the sender is not in it
+    NOT_A_MEMBER = "not_a_member"  # the numbers named are not members of the group
+    NOT_ALLOWED = "not_allowed"  # the group's settings or the sender's role forbid it
+    GROUP_FULL = "group_full"
+    TOO_MANY_GROUPS = "too_many_groups"
+    GROUP_EXISTS = "group_exists"  # the gid is taken by a group someone else created
+    GROUP_DEVICES_CHANGED = "group_devices_changed"  # fetch group_devices, share keys again
+    INVALID_LINK = "invalid_link"  # unknown or revoked invite link
     UNAVAILABLE = "unavailable"  # storage is down: nothing was stored, retry later
     INTERNAL = "internal"
 

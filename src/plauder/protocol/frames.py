@@ -50,6 +50,69 @@ class DeviceBundle(_Value, frozen=True, kw_only=True):
     prekey: SignedKey | None = None
 
 
+class GroupSettings(_Value, frozen=True, kw_only=True):
+    """Who may send to a group and edit its info, and whether link joins need approval."""
+
+    send: Literal["all", "admins"] = "all"
+    edit: Literal["all", "admins"] = "admins"
+    approval: bool = False  # joining by invite link waits for an admin
+
+
+class GroupMember(_Value, frozen=True, kw_only=True):
+    """A member of a group and its role."""
+
+    number: str
+    role: Literal["admin", "member"]
+
+
+class GroupSummary(_Value, frozen=True, kw_only=True):
+    """One group the account belongs to, as listed by `list_groups`."""
+
+    gid: bytes
+    version: int
+    role: Literal["admin", "member"]
+    members: int
+
+
+class DeviceRef(_Value, frozen=True, kw_only=True):
+    """One device of one account."""
+
+    number: str
+    device_id: int
+
+
+class MemberDevices(_Value, frozen=True, kw_only=True):
+    """A group member's account key and signed devices (with pre-keys when claimed)."""
+
+    number: str
+    account_key: str
+    devices: list[DeviceBundle]
+
+
+class GroupNotice(_Value, frozen=True, kw_only=True):
+    """A change of a group's membership or settings, written by the server (envelope type 3).
+
+    Every member device receives it in order with the group's messages; a
+    removed member's devices receive the notice of their removal, and nothing after.
+    """
+
+    action: Literal[
+        "created",
+        "added",
+        "removed",
+        "left",
+        "joined",
+        "promoted",
+        "demoted",
+        "settings",
+        "requested",
+    ]
+    actor: str  # the number that made the change
+    numbers: list[str] = []  # whom it concerns
+    version: int  # the group's version after the change
+    settings: GroupSettings | None = None  # with `created` and `settings`
+
+
 class OutEnvelope(_Value, frozen=True, kw_only=True):
     """One ciphertext for one recipient device inside a `send`."""
 
@@ -150,6 +213,121 @@ class Ping(_Frame, tag="ping", frozen=True, kw_only=True):
     id: int
 
 
+class GroupCreate(_Frame, tag="group_create", frozen=True, kw_only=True):
+    """Create a group with the sender as its first admin; answered with `group_info`.
+
+    `gid` (16 random bytes) is chosen by the client, so a repeated create after
+    a lost answer finds the group it made.
+    """
+
+    id: int
+    gid: bytes
+    members: list[str] = []
+    settings: GroupSettings = GroupSettings()
+
+
+class GetGroup(_Frame, tag="get_group", frozen=True, kw_only=True):
+    """Members, roles and settings of a group the sender belongs to."""
+
+    id: int
+    gid: bytes
+
+
+class ListGroups(_Frame, tag="list_groups", frozen=True, kw_only=True):
+    """The groups the sender's account belongs to."""
+
+    id: int
+
+
+class GroupAdd(_Frame, tag="group_add", frozen=True, kw_only=True):
+    """Admins: add accounts to a group (members already in it are left alone)."""
+
+    id: int
+    gid: bytes
+    numbers: list[str]
+
+
+class GroupRemove(_Frame, tag="group_remove", frozen=True, kw_only=True):
+    """Admins: remove members from a group."""
+
+    id: int
+    gid: bytes
+    numbers: list[str]
+
+
+class GroupSetRole(_Frame, tag="group_set_role", frozen=True, kw_only=True):
+    """Admins: promote members to admin or demote admins to member."""
+
+    id: int
+    gid: bytes
+    numbers: list[str]
+    role: Literal["admin", "member"]
+
+
+class GroupLeave(_Frame, tag="group_leave", frozen=True, kw_only=True):
+    """Leave a group; the last admin's leaving makes the longest member an admin."""
+
+    id: int
+    gid: bytes
+
+
+class GroupSetSettings(_Frame, tag="group_set_settings", frozen=True, kw_only=True):
+    """Admins: change who may send and edit, and whether link joins need approval."""
+
+    id: int
+    gid: bytes
+    settings: GroupSettings
+
+
+class GroupInvite(_Frame, tag="group_invite", frozen=True, kw_only=True):
+    """Admins: create a new invite link token (the old one stops working), or revoke it."""
+
+    id: int
+    gid: bytes
+    revoke: bool = False
+
+
+class GroupJoin(_Frame, tag="group_join", frozen=True, kw_only=True):
+    """Join the group of an invite link token (or ask to, if it needs approval)."""
+
+    id: int
+    token: str
+
+
+class GroupAnswer(_Frame, tag="group_answer", frozen=True, kw_only=True):
+    """Admins: approve or deny the join requests of these numbers."""
+
+    id: int
+    gid: bytes
+    numbers: list[str]
+    approve: bool
+
+
+class GroupDevices(_Frame, tag="group_devices", frozen=True, kw_only=True):
+    """Every member's signed devices and their digest; claims pre-keys of the listed devices."""
+
+    id: int
+    gid: bytes
+    claim: list[DeviceRef] = []
+
+
+class GroupSend(_Frame, tag="group_send", frozen=True, kw_only=True):
+    """One Megolm ciphertext for every member device, stored once, queued for each.
+
+    `digest` is protocol.groups.device_digest of the member devices the sender
+    shared its session key with (all but itself); if the group's devices differ,
+    nothing is stored and the answer is `group_devices_changed`. `kind` "state"
+    (new name or description) needs the right to edit the group's info.
+    """
+
+    id: int
+    gid: bytes
+    cmid: bytes
+    body: bytes
+    digest: bytes
+    kind: Literal["message", "state"] = "message"
+
+
 ClientFrame = (
     Hello
     | RequestCode
@@ -162,6 +340,19 @@ ClientFrame = (
     | SetPrivacy
     | WatchPresence
     | Ping
+    | GroupCreate
+    | GetGroup
+    | ListGroups
+    | GroupAdd
+    | GroupRemove
+    | GroupSetRole
+    | GroupLeave
+    | GroupSetSettings
+    | GroupInvite
+    | GroupJoin
+    | GroupAnswer
+    | GroupDevices
+    | GroupSend
 )
 
 
@@ -224,7 +415,11 @@ class Sent(_Frame, tag="sent", frozen=True, kw_only=True):
 
 
 class Envelope(_Frame, tag="envelope", frozen=True, kw_only=True):
-    """A ciphertext for this device; stored ones (eid > 0) must be acked."""
+    """A ciphertext for this device; stored ones (eid > 0) must be acked.
+
+    Types (protocol.groups): 0 and 1 are Olm messages; with `group` set, 2 is a
+    group message, 3 a GroupNotice from the server, 4 a group state message.
+    """
 
     eid: int  # 0 for ephemeral envelopes, which are never acked
     sender: str
@@ -232,6 +427,7 @@ class Envelope(_Frame, tag="envelope", frozen=True, kw_only=True):
     type: int
     body: bytes
     ts: int
+    group: bytes = b""  # the group's gid for types 2 to 4
 
 
 class Drained(_Frame, tag="drained", frozen=True, kw_only=True):
@@ -259,6 +455,50 @@ class Pong(_Frame, tag="pong", frozen=True, kw_only=True):
     server_time: int
 
 
+class GroupInfo(_Frame, tag="group_info", frozen=True, kw_only=True):
+    """A group's members, roles and settings; join requests and link state for admins."""
+
+    id: int
+    gid: bytes
+    version: int
+    members: list[GroupMember]
+    settings: GroupSettings
+    requests: list[str] = []  # numbers waiting for approval (admins only)
+    link: bool = False  # whether an invite link is active (admins only)
+
+
+class GroupList(_Frame, tag="group_list", frozen=True, kw_only=True):
+    """The groups of the account."""
+
+    id: int
+    groups: list[GroupSummary]
+
+
+class GroupLink(_Frame, tag="group_link", frozen=True, kw_only=True):
+    """The new invite link token of a group ("" once revoked)."""
+
+    id: int
+    gid: bytes
+    token: str = ""
+
+
+class JoinRequested(_Frame, tag="join_requested", frozen=True, kw_only=True):
+    """The group needs an admin's approval: the request is waiting."""
+
+    id: int
+    gid: bytes
+
+
+class GroupDeviceList(_Frame, tag="group_device_list", frozen=True, kw_only=True):
+    """Every member's devices and the digest a `group_send` must carry (sender excluded)."""
+
+    id: int
+    gid: bytes
+    version: int
+    digest: bytes
+    members: list[MemberDevices]
+
+
 ServerFrame = (
     Welcome
     | Ok
@@ -272,4 +512,9 @@ ServerFrame = (
     | KeysLow
     | Presence
     | Pong
+    | GroupInfo
+    | GroupList
+    | GroupLink
+    | JoinRequested
+    | GroupDeviceList
 )

@@ -16,3 +16,4 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 64 * 1024
     max_keys_per_upload: int = 100
     keys_low_threshold: int = 10
+    max_group_members: int = 1024

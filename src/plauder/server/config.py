@@ -43,6 +43,9 @@ class Config:
     requests_per_second: float = 200.0
     request_burst: int = 400
     claims_per_minute: int = 120  # get_devices with claim=True, per connection
+    max_group_members: int = 1024
+    max_groups_per_account: int = 500  # groups an account may belong to
+    group_claims_per_minute: int = 4096  # pre-keys of member devices claimed, per connection
     auth_timeout_seconds: float = 30.0
     max_bad_frames: int = 20
     delivery_window: int = 500
@@ -78,6 +81,7 @@ class Config:
             max_body_bytes=self.max_body_bytes,
             max_keys_per_upload=self.max_keys_per_upload,
             keys_low_threshold=self.keys_low_threshold,
+            max_group_members=self.max_group_members,
         )
 
     @property
@@ -118,6 +122,9 @@ _POSITIVE = (
     "dedup_ttl_days",
     "codes_per_number_per_hour",
     "claims_per_minute",
+    "max_group_members",
+    "max_groups_per_account",
+    "group_claims_per_minute",
     "code_requests_per_connection",
     "sweep_interval_seconds",
     "auth_timeout_seconds",
