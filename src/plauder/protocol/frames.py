@@ -328,19 +328,8 @@ class GroupSend(_Frame, tag="group_send", frozen=True, kw_only=True):
     kind: Literal["message", "state"] = "message"
 
 
-ClientFrame = (
-    Hello
-    | RequestCode
-    | Verify
-    | Auth
-    | UploadKeys
-    | GetDevices
-    | Send
-    | Ack
-    | SetPrivacy
-    | WatchPresence
-    | Ping
-    | GroupCreate
+GroupRequest = (
+    GroupCreate
     | GetGroup
     | ListGroups
     | GroupAdd
@@ -353,6 +342,21 @@ ClientFrame = (
     | GroupAnswer
     | GroupDevices
     | GroupSend
+)
+
+ClientFrame = (
+    Hello
+    | RequestCode
+    | Verify
+    | Auth
+    | UploadKeys
+    | GetDevices
+    | Send
+    | Ack
+    | SetPrivacy
+    | WatchPresence
+    | Ping
+    | GroupRequest
 )
 
 

@@ -22,6 +22,7 @@ from plauder.server.cluster import RedisLimiter, RedisLink, RedisPresence, Redis
 from plauder.server.config import Config, ConfigError
 from plauder.server.errors import StorageError
 from plauder.server.gateway import Gateway
+from plauder.server.groups import Groups
 from plauder.server.keys import Keys
 from plauder.server.messages import Messages
 from plauder.server.metrics import Metrics
@@ -72,6 +73,7 @@ class Server:
             accounts=Accounts(self.store, self.sender, self.clock, config, self.secret, per_number),
             keys=Keys(self.store, config),
             messages=Messages(self.store, self.router, self.clock, config, self.metrics),
+            groups=Groups(self.store, self.router, self.clock, config, self.metrics),
             presence=self.presence,
             metrics=self.metrics,
         )

@@ -139,6 +139,7 @@ class DeviceFeed:
                             type=row.type,
                             body=row.body,
                             ts=row.ts,
+                            group=row.group,
                         )
                     )
                     self._unacked.add(row.eid)

@@ -40,6 +40,7 @@ from plauder.server.config import Config
 from plauder.server.delivery import DeviceFeed
 from plauder.server.errors import ServiceError, StorageError
 from plauder.server.framing import BatchedWriter
+from plauder.server.groups import GROUP_FRAMES, Groups
 from plauder.server.keys import Keys
 from plauder.server.messages import Messages
 from plauder.server.metrics import Metrics
@@ -77,6 +78,7 @@ class Gateway:
         accounts: Accounts,
         keys: Keys,
         messages: Messages,
+        groups: Groups,
         presence: PresenceService,
         metrics: Metrics,
     ) -> None:
@@ -87,6 +89,7 @@ class Gateway:
         self.accounts = accounts
         self.keys = keys
         self.messages = messages
+        self.groups = groups
         self.presence = presence
         self.metrics = metrics
         self.connections: set[Connection] = set()
@@ -158,6 +161,8 @@ class Connection:
         self.bucket = TokenBucket(gw.clock, gw.config.requests_per_second, gw.config.request_burst)
         claims = gw.config.claims_per_minute
         self.claims = TokenBucket(gw.clock, claims / 60.0, claims)
+        group_claims = gw.config.group_claims_per_minute
+        self.group_claims = TokenBucket(gw.clock, group_claims / 60.0, group_claims)
         self.pending = 0  # authenticated requests running
         self.room = asyncio.Event()
         self.auth_timer = asyncio.get_running_loop().call_later(
@@ -361,6 +366,10 @@ class Connection:
                     await self._send_bytes(data)
             case Ping():
                 await self.send(Pong(id=frame.id, server_time=gw.clock.now_ms()))
+            case _ if isinstance(frame, GROUP_FRAMES):
+                answer, low = await gw.groups.handle(frame, sender, self.group_claims.take)
+                await self.send(answer)
+                await gw.push_keys_low(low)
             case _:
                 raise ServiceError(ErrorCode.INVALID_REQUEST, "not allowed here")
 

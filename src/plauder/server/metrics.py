@@ -15,6 +15,7 @@ class Metrics:
     messages_stored: int = 0
     envelopes_pushed: int = 0
     envelopes_acked: int = 0
+    group_envelopes_queued: int = 0
 
     def render(self, extra: dict[str, int]) -> str:
         """Prometheus text exposition of all counters."""

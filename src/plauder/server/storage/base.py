@@ -1,10 +1,13 @@
 """The Store protocol every backend implements, and the records it returns."""
 
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from plauder.protocol.frames import DeviceKeys, OutEnvelope, SignedKey
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,7 @@ class QueuedEnvelope:
     type: int
     body: bytes
     ts: int
+    group: bytes = b""  # the gid of a group envelope
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,12 @@ class Store(Protocol):
 
     async def claim_setting(self, name: str, value: str) -> str:
         """Store a cluster setting unless it is set; returns the value in force."""
+        ...
+
+    async def run(
+        self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, write: bool = True
+    ) -> T:
+        """Run one operation of storage/groups.py atomically (`fn(tx, *args)`)."""
         ...
 
     # accounts and verification codes

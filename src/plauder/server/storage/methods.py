@@ -31,6 +31,12 @@ class SharedMethods:
     def _enqueue(self, op: SendOp | AckOp) -> asyncio.Future[Any]:
         raise NotImplementedError
 
+    async def run(
+        self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, write: bool = True
+    ) -> T:
+        """Run one operation of storage/groups.py atomically (`fn(tx, *args)`)."""
+        return await self._query(fn, *args, write=write)
+
     async def claim_setting(self, name: str, value: str) -> str:
         """Store a cluster setting unless it is set; returns the value in force."""
         return await self._query(queries.claim_setting, name, value)

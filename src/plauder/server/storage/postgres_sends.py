@@ -76,6 +76,7 @@ UNION ALL SELECT 1, device_pk, 0, cmid FROM cmids
 UNION ALL SELECT 2, n, id, NULL FROM fresh
 UNION ALL SELECT 3, 0, 0, NULL FROM stale
 """
+NEXT_IDS = "SELECT nextval(pg_get_serial_sequence('envelopes', 'id')) FROM generate_series(1, $1)"
 ATTEMPTS = 3  # device lists that change between reading and writing, again and again
 
 
@@ -120,9 +121,17 @@ class PgTx:
     """A `queries.Tx` over an asyncpg connection; `?` parameters become `$n`."""
 
     __slots__ = ("con",)
+    share_lock = " FOR SHARE"
 
     def __init__(self, con: Any) -> None:
         self.con = con
+
+    async def next_ids(self, n: int) -> list[int]:
+        """n new envelope ids from the envelopes' sequence."""
+        if n == 0:
+            return []
+        rows = await self.con.fetch(NEXT_IDS, n)
+        return [int(r[0]) for r in rows]
 
     @staticmethod
     def sql(text: str) -> str:

@@ -27,10 +27,17 @@ T = TypeVar("T")
 Row = Sequence[Any]
 DeviceList = tuple[str, list[tuple[DeviceRow, SignedKey | None]], list[tuple[int, int]]]
 CLAIM_TRIES = 3
+SWEEP_GRACE_MS = 60_000
 
 
 class Tx(Protocol):
     """A transaction as the operations see it."""
+
+    share_lock: str  # " FOR SHARE" where the engine locks rows read, else ""
+
+    async def next_ids(self, n: int) -> list[int]:
+        """n new envelope ids, never handed out before."""
+        ...
 
     async def execute(self, sql: str, *args: Any) -> int:
         """Run a statement; returns the number of rows it changed."""
@@ -221,7 +228,7 @@ async def devices(tx: Tx, number: str, claim: bool) -> DeviceList | None:
             int(pk),
             DeviceKeys(device_id=int(device_id), identity_key=ik, signing_key=sk, signature=sig),
         )
-        prekey = await _claim_prekey(tx, int(pk)) if claim else None
+        prekey = await claim_prekey(tx, int(pk)) if claim else None
         if claim:
             drawn.append((int(pk), await count_one_time_keys(tx, int(pk))))
         out.append((dev, prekey))
@@ -268,7 +275,8 @@ async def _insert_keys(
         )
 
 
-async def _claim_prekey(tx: Tx, device_pk: int) -> SignedKey | None:
+async def claim_prekey(tx: Tx, device_pk: int) -> SignedKey | None:
+    """Take one of a device's one-time keys, or its fallback key when none is left."""
     # a concurrent claim (another node) may take the chosen key first: choose again
     for _ in range(CLAIM_TRIES):
         row = await tx.fetchone(
@@ -295,14 +303,20 @@ async def _claim_prekey(tx: Tx, device_pk: int) -> SignedKey | None:
 async def fetch_queued(tx: Tx, device_pk: int, after_eid: int, limit: int) -> list[QueuedEnvelope]:
     """Queued envelopes of a device after an envelope id, oldest first."""
     rows = await tx.fetchall(
-        "SELECT id, sender, sender_device, type, body, ts FROM envelopes "
-        "WHERE device_pk = ? AND id > ? ORDER BY id LIMIT ?",
+        "SELECT e.id, e.sender, e.sender_device, e.type, e.body, e.ts, "
+        "g.sender, g.sender_device, g.body, g.gid FROM envelopes e "
+        "LEFT JOIN group_messages g ON g.id = e.message_id "
+        "WHERE e.device_pk = ? AND e.id > ? ORDER BY e.id LIMIT ?",
         device_pk,
         after_eid,
         limit,
     )
     return [
         QueuedEnvelope(int(r[0]), str(r[1]), int(r[2]), int(r[3]), bytes(r[4]), int(r[5]))
+        if r[9] is None
+        else QueuedEnvelope(
+            int(r[0]), str(r[6]), int(r[7]), int(r[3]), bytes(r[8]), int(r[5]), bytes(r[9])
+        )
         for r in rows
     ]
 
@@ -330,6 +344,12 @@ async def sweep(tx: Tx, now_ms: int, envelope_ttl_ms: int, dedup_ttl_ms: int) ->
     n = await tx.execute("DELETE FROM envelopes WHERE ts < ?", now_ms - envelope_ttl_ms)
     await tx.execute("DELETE FROM sent_messages WHERE ts < ?", now_ms - dedup_ttl_ms)
     await tx.execute("DELETE FROM verification_codes WHERE expires < ?", now_ms)
+    # a group message goes once no envelope refers to it (those share its ts, and its index)
+    await tx.execute(
+        "DELETE FROM group_messages WHERE ts < ? AND NOT EXISTS (SELECT 1 FROM envelopes e "
+        "WHERE e.ts = group_messages.ts AND e.message_id = group_messages.id)",
+        now_ms - SWEEP_GRACE_MS,
+    )
     return n
 
 

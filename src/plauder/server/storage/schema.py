@@ -72,6 +72,46 @@ MIGRATIONS: list[list[str]] = [
             value TEXT NOT NULL
         )""",
     ],
+    [
+        # groups: membership and roles only; names and descriptions travel encrypted
+        """CREATE TABLE groups (
+            id {id_pk},
+            gid {blob} NOT NULL UNIQUE,
+            creator BIGINT NOT NULL REFERENCES accounts(id),
+            version BIGINT NOT NULL DEFAULT 1,
+            send_policy TEXT NOT NULL DEFAULT 'all',
+            edit_policy TEXT NOT NULL DEFAULT 'admins',
+            approval BOOLEAN NOT NULL DEFAULT FALSE,
+            invite {blob} UNIQUE,
+            created BIGINT NOT NULL
+        )""",
+        """CREATE TABLE group_members (
+            group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            role TEXT NOT NULL,
+            joined BIGINT NOT NULL,
+            PRIMARY KEY (group_id, account_id)
+        )""",
+        "CREATE INDEX group_members_by_account ON group_members (account_id)",
+        """CREATE TABLE group_requests (
+            group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            ts BIGINT NOT NULL,
+            PRIMARY KEY (group_id, account_id)
+        )""",
+        # a group message is stored once; each member device's envelope refers to it
+        # (message_id) with an empty body
+        """CREATE TABLE group_messages (
+            id {id_pk},
+            gid {blob} NOT NULL,
+            sender TEXT NOT NULL,
+            sender_device INTEGER NOT NULL,
+            body {blob} NOT NULL,
+            ts BIGINT NOT NULL
+        )""",
+        "CREATE INDEX group_messages_by_ts ON group_messages (ts)",
+        "ALTER TABLE envelopes ADD COLUMN message_id BIGINT",
+    ],
 ]
 
 # Envelope ids are handed out by the server in commit order (storage/sqlite_sends.py), so

@@ -192,6 +192,8 @@ class SqliteStore(SharedMethods):
                 results.extend(
                     _outcome(fut, o) for (_, fut), o in zip(sends, outcomes, strict=True)
                 )
+            if ids is not None:
+                ids.save(conn)  # group messages take ids outside store_sends too
             conn.execute("COMMIT")
         except _OP_ERRORS as exc:
             if conn.in_transaction:
@@ -241,6 +243,8 @@ class SqliteStore(SharedMethods):
                 else:
                     results.append((fut, value, None))
                 conn.execute("RELEASE op")
+            if ids is not None:
+                ids.save(conn)
             conn.execute("COMMIT")
         except Exception as exc:
             log.error("database transaction failed: %s", exc)
@@ -279,7 +283,9 @@ class SqliteStore(SharedMethods):
         self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, write: bool = True
     ) -> T:
         """Run a shared operation (storage/queries.py) on the writer thread."""
-        return await self._call(lambda c: queries.run_sync(fn(SqliteTx(c), *args)))
+        return await self._call(
+            lambda c: queries.run_sync(fn(SqliteTx(c, self._envelope_ids(c)), *args))
+        )
 
     async def register(
         self,

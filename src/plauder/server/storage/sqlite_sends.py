@@ -15,10 +15,18 @@ ROWS_PER_STATEMENT = 400  # 7 values a row stays far below SQLite's 32766 variab
 class SqliteTx:
     """A `queries.Tx` over a sqlite3 connection; its methods never suspend."""
 
-    __slots__ = ("c",)
+    __slots__ = ("c", "ids")
+    share_lock = ""  # one writer: nothing to lock
 
-    def __init__(self, c: sqlite3.Connection) -> None:
+    def __init__(self, c: sqlite3.Connection, ids: "EnvelopeIds | None" = None) -> None:
         self.c = c
+        self.ids = ids
+
+    async def next_ids(self, n: int) -> list[int]:
+        """n new envelope ids, in commit order."""
+        if self.ids is None:
+            raise RuntimeError("no envelope ids before the schema is migrated")
+        return self.ids.take(n)
 
     async def execute(self, sql: str, *args: Any) -> int:
         """Run a statement; returns the number of rows it changed."""
