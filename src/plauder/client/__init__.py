@@ -9,18 +9,22 @@ from plauder.client.errors import (
     NotRegistered,
     ServerError,
     UnknownContact,
+    UnknownGroup,
     UntrustedDevices,
 )
 from plauder.client.events import (
     DecryptionError,
     Event,
+    GroupChanged,
     IdentityChanged,
     MessageReceived,
     PresenceChanged,
     ReceiptReceived,
     TypingChanged,
 )
+from plauder.client.groups import Group, Groups, receipt_summary
 from plauder.client.store import HistoryEntry
+from plauder.protocol.frames import GroupSettings
 
 __all__ = [
     "BadServerUrl",
@@ -29,6 +33,10 @@ __all__ = [
     "ConnectionLost",
     "DecryptionError",
     "Event",
+    "Group",
+    "GroupChanged",
+    "GroupSettings",
+    "Groups",
     "HistoryEntry",
     "IdentityChanged",
     "MessageReceived",
@@ -39,5 +47,7 @@ __all__ = [
     "ServerError",
     "TypingChanged",
     "UnknownContact",
+    "UnknownGroup",
     "UntrustedDevices",
+    "receipt_summary",
 ]

@@ -7,7 +7,8 @@ The parts, each built once here and handed what it needs:
 - `Link` (link.py): the authenticated connection, reconnecting, retrying requests;
 - `Contacts` (contacts.py): contacts' verified device lists, trust on first use;
 - `Outbox` (outbox.py): encrypting, queueing and transmitting sends;
-- `Inbox` (inbox.py): processing pushes, storing messages, acknowledging them.
+- `Inbox` (inbox.py): processing pushes, storing messages, acknowledging them;
+- `Groups` (groups.py, with group_*.py): end-to-end encrypted groups.
 """
 
 import asyncio
@@ -16,11 +17,17 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from plauder import phone
 from plauder.client.connection import next_request_id
 from plauder.client.contacts import Contacts
+from plauder.client.contacts import normalize as _normalize
 from plauder.client.errors import ClientError, NotRegistered
-from plauder.client.events import Event
+from plauder.client.events import Event, IdentityChanged
+from plauder.client.group_book import GroupBook
+from plauder.client.group_inbox import GroupInbox
+from plauder.client.group_keys import GroupKeys
+from plauder.client.group_sender import GroupSender
+from plauder.client.group_store import GroupStore
+from plauder.client.groups import GroupParts, Groups
 from plauder.client.inbox import Inbox
 from plauder.client.keyfile import open_cipher
 from plauder.client.keys import ONE_TIME_KEYS, Keys
@@ -94,8 +101,21 @@ class Client:
             order=ServerOrder(shuffle_servers),
         )
         self._contacts = Contacts(self._profile, self._link, self.clock, self._events)
+        self._contacts.on_identity_changed(self._identity_changed)
+        group_store = GroupStore(self.store)
+        group_keys = GroupKeys(self._keys, group_store, self.store.cipher.pickle_key)
+        self._book = GroupBook(self.number, self.store, group_store)
+        sender = GroupSender(
+            self._profile,
+            self._keys,
+            group_keys,
+            group_store,
+            self._contacts,
+            self._link,
+            self.clock,
+        )
         self._outbox = Outbox(
-            self._profile, self._keys, self._contacts, self._link, self.clock, background
+            self._profile, self._keys, self._contacts, self._link, self.clock, background, sender
         )
         self._inbox = Inbox(
             self._profile,
@@ -108,7 +128,15 @@ class Client:
             pushes=pushes,
             events=self._events,
             ack_delay=ack_delay,
+            groups=GroupInbox(
+                self._profile, self._keys, group_keys, self._book, self._contacts, self._link
+            ),
+            group_keys=group_keys,
         )
+        self.groups = Groups(
+            GroupParts(self.number, self.store, self._book, self._link, self._outbox, self.clock)
+        )
+        """The account's end-to-end encrypted groups."""
         self._runner: asyncio.Task[None] | None = None
         self._processor: asyncio.Task[None] | None = None
         self._closed = False
@@ -262,6 +290,11 @@ class Client:
         if self._watching:  # a new connection, maybe to another node, watches nothing yet
             self._background.spawn(self._watch_again())
 
+    def _identity_changed(self, change: IdentityChanged) -> None:
+        """A member's safety number changed: say so in each group we share with them."""
+        for event in self._book.identity_changed(change, self.clock.now_ms()):
+            self._events.put_nowait(event)
+
     async def _watch_again(self) -> None:
         with contextlib.suppress(ClientError):
             await self._request(WatchPresence(id=next_request_id(), numbers=self._watching))
@@ -365,10 +398,3 @@ class Client:
         own = self.account_key.public_key
         digits = safety_number(self.number, own, peer, key)
         return format_safety_number(digits), safety_qr_payload(self.number, own, peer, key)
-
-
-def _normalize(number: str) -> str:
-    try:
-        return phone.normalize(number)
-    except ValueError as exc:
-        raise ClientError(f"{number}: {exc}") from exc

@@ -37,6 +37,10 @@ class UnknownContact(ClientError):
     """No account has this number."""
 
 
+class UnknownGroup(ClientError):
+    """This device knows no group by that name or id (or several by that name)."""
+
+
 class UntrustedDevices(ClientError):
     """A contact's device list is not signed by their account key: nothing was sent."""
 

@@ -5,22 +5,25 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class MessageReceived:
-    """A new text message from a contact."""
+    """A new text message from a contact, or from a member of a group."""
 
     id: str
     sender: str
     body: str
     ts: int  # sender's clock
     server_ts: int
+    group: str = ""  # the group's gid in hex; "" for a message between two people
+    group_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ReceiptReceived:
-    """A contact's device stored or its user read messages we sent."""
+    """A contact's device stored or its user read messages we sent (to a group, if given)."""
 
     sender: str
     status: str  # "delivered" | "read"
     ids: tuple[str, ...]
+    group: str = ""  # the group's gid in hex; "" for a message between two people
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,25 @@ class DecryptionError:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class GroupChanged:
+    """Something happened in a group: a member came or went, a role or the name changed.
+
+    `action` is a notice's (created, added, removed, left, joined, promoted,
+    demoted, settings, requested) or one of renamed, described and
+    safety_number (a member's account key changed). `version` is the group's
+    version after the change (0 for changes the server does not count).
+    """
+
+    gid: str
+    name: str
+    action: str
+    actor: str
+    numbers: tuple[str, ...]
+    version: int
+    text: str  # the line shown in the chat
+
+
 Event = (
     MessageReceived
     | ReceiptReceived
@@ -65,4 +87,5 @@ Event = (
     | PresenceChanged
     | IdentityChanged
     | DecryptionError
+    | GroupChanged
 )

@@ -18,6 +18,8 @@ from plauder.client.events import (
     ReceiptReceived,
     TypingChanged,
 )
+from plauder.client.group_inbox import GroupInbox
+from plauder.client.group_keys import GroupKeys
 from plauder.client.keys import Keys
 from plauder.client.link import Link
 from plauder.client.outbox import Outbox
@@ -27,6 +29,7 @@ from plauder.clock import Clock
 from plauder.crypto import CryptoError, DecryptionFailed
 from plauder.protocol.content import (
     Content,
+    GroupKey,
     Receipt,
     Text,
     Typing,
@@ -36,7 +39,16 @@ from plauder.protocol.content import (
     encode_content,
 )
 from plauder.protocol.errors import ErrorCode
-from plauder.protocol.frames import Ack, Drained, Envelope, KeysLow, Presence, ServerFrame
+from plauder.protocol.frames import (
+    Ack,
+    DeviceKeys,
+    Drained,
+    Envelope,
+    KeysLow,
+    Presence,
+    ServerFrame,
+)
+from plauder.protocol.groups import GROUP_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +77,8 @@ class Inbox:
         pushes: asyncio.Queue[ServerFrame],
         events: asyncio.Queue[Event],
         ack_delay: float,
+        groups: GroupInbox,
+        group_keys: GroupKeys,
     ) -> None:
         self._number = profile.number
         self._store = profile.store
@@ -84,6 +98,8 @@ class Inbox:
         self._acks: list[int] = []
         self._ack_retry_pending = False
         self._presence: dict[str, tuple[bool, int | None]] = {}
+        self._groups = groups
+        self._group_keys = group_keys
 
     async def run(self) -> None:
         """Process pushes one by one, for ever; flush acks and receipts when caught up."""
@@ -159,8 +175,8 @@ class Inbox:
     async def flush_receipts(self) -> None:
         """Queue delivered receipts; they were stored with their messages, before the ack."""
         async with self._receipts_lock:  # one flush at a time: each receipt is queued once
-            for peer, ids in self._store.pending_receipts().items():
-                content = encode_content(Receipt(status="delivered", ids=ids))
+            for (peer, group), ids in self._store.pending_receipts().items():
+                content = encode_content(Receipt(status="delivered", ids=ids, group=group))
                 try:
                     entry = await self._outbox.queue(
                         peer, secrets.token_bytes(16), content, done_receipts=ids
@@ -196,6 +212,9 @@ class Inbox:
         if env.eid and self._store.seen(digest):
             self._acks.append(env.eid)  # processed before a crash or lost ack
             return
+        if env.type in GROUP_TYPES and env.group:
+            self._done(env, await self._groups.receive(env, lambda: self._mark_seen(env, digest)))
+            return
         device = await self._contacts.sender_device(env.sender, env.sender_device)
         if device is None:
             self._reject(env, digest, "the sender's device is unknown or not signed")
@@ -215,17 +234,26 @@ class Inbox:
                 problem = f"unreadable content: {exc}"
             with self._store.transaction():
                 self._keys.persist()  # the session moved on, whatever the content
+                events: list[Event] = []
                 if content is None:
-                    event: Event | None = DecryptionError(env.sender, env.sender_device, problem)
+                    events = [DecryptionError(env.sender, env.sender_device, problem)]
                 elif isinstance(content, Unknown):
-                    event = self._apply_unknown(env, content)
+                    events = self._apply_unknown(env, content)
                 else:
-                    event = self._apply(env, content)
-                if env.eid:
-                    self._store.add_seen(digest, self._clock.now_ms())
+                    events = self._apply(env, device, content)
+                self._mark_seen(env, digest)
+        self._done(env, events)
+
+    def _mark_seen(self, env: Envelope, digest: bytes) -> None:
+        """Record a stored envelope as processed (inside the transaction of its effects)."""
+        if env.eid:
+            self._store.add_seen(digest, self._clock.now_ms())
+
+    def _done(self, env: Envelope, events: list[Event]) -> None:
+        """An envelope's effects are stored: acknowledge it and report its events."""
         if env.eid:
             self._acks.append(env.eid)
-        if event is not None:
+        for event in events:
             self._events.put_nowait(event)
 
     def _reject(self, env: Envelope, digest: bytes, reason: str) -> None:
@@ -234,10 +262,10 @@ class Inbox:
             self._acks.append(env.eid)
         self._events.put_nowait(DecryptionError(env.sender, env.sender_device, reason))
 
-    def _apply_unknown(self, env: Envelope, content: Unknown) -> Event | None:
+    def _apply_unknown(self, env: Envelope, content: Unknown) -> list[Event]:
         """A newer client's kind of message: keep a placeholder and acknowledge it."""
         if content.id is None:
-            return None  # a signal of a newer kind (like typing): nothing to show
+            return []  # a signal of a newer kind (like typing): nothing to show
         body = f"[a {content.type} message this version cannot show: update plauder]"
         added = self._store.add_message(
             id=content.id,
@@ -250,11 +278,11 @@ class Inbox:
             status="received",
         )
         if not added:
-            return None
+            return []
         self._store.add_pending_receipt(env.sender, content.id)
-        return MessageReceived(content.id, env.sender, body, content.ts or env.ts, env.ts)
+        return [MessageReceived(content.id, env.sender, body, content.ts or env.ts, env.ts)]
 
-    def _apply(self, env: Envelope, content: Content) -> Event | None:
+    def _apply(self, env: Envelope, device: DeviceKeys, content: Content) -> list[Event]:
         match content:
             case Text():
                 added = self._store.add_message(
@@ -268,14 +296,18 @@ class Inbox:
                     status="received",
                 )
                 if not added:
-                    return None
+                    return []
                 self._store.add_pending_receipt(env.sender, content.id)
-                return MessageReceived(content.id, env.sender, content.body, content.ts, env.ts)
+                return [MessageReceived(content.id, env.sender, content.body, content.ts, env.ts)]
+            case Receipt() if content.group:
+                return self._groups.apply_receipt(env.sender, content)
             case Receipt():
                 moved = self._store.set_status(self._number, list(content.ids), content.status)
                 if not moved:
-                    return None
-                return ReceiptReceived(env.sender, content.status, tuple(moved))
+                    return []
+                return [ReceiptReceived(env.sender, content.status, tuple(moved))]
             case Typing():
-                return TypingChanged(env.sender, content.active)
-        return None
+                return [TypingChanged(env.sender, content.active)]
+            case GroupKey():
+                return self._groups.apply_key(env.sender, device, content)
+        return []

@@ -15,6 +15,8 @@ from plauder.client.errors import (
     UnknownContact,
     UntrustedDevices,
 )
+from plauder.client.group_sender import GroupSender
+from plauder.client.group_store import is_group_chat
 from plauder.client.keys import Keys
 from plauder.client.link import Link
 from plauder.client.profile import Profile
@@ -44,6 +46,7 @@ class Outbox:
         link: Link,
         clock: Clock,
         background: Background,
+        group_sender: GroupSender,
     ) -> None:
         self._number = profile.number
         self._store = profile.store
@@ -52,6 +55,7 @@ class Outbox:
         self._link = link
         self._clock = clock
         self._background = background
+        self._group_sender = group_sender
         self._waiters: dict[bytes, asyncio.Future[Sent]] = {}
         self._delays: dict[bytes, float] = {}  # next retry delay of sends the server put off
 
@@ -77,19 +81,36 @@ class Outbox:
                 self._store.put_outbox(entry, self._clock.now_ms())
                 if done_receipts:
                     self._store.clear_pending_receipts(peer, done_receipts)
-                if message is not None:
-                    mid, text, ts = message
-                    self._store.add_message(
-                        id=mid,
-                        chat=peer,
-                        outgoing=True,
-                        sender=self._number,
-                        body=text,
-                        ts=ts,
-                        server_ts=None,
-                        status="pending",
-                    )
+                self._add_pending(peer, message)
         return entry
+
+    def queue_group(
+        self, gid: str, cmid: bytes, content: bytes, message: tuple[str, str, int] | None
+    ) -> OutboxEntry:
+        """Store a group send (and its pending message); it is encrypted when transmitted.
+
+        Encryption waits until then because it needs the group's devices as the
+        server knows them at that moment.
+        """
+        entry = OutboxEntry(cmid, gid, content, b"")
+        with self._store.transaction():
+            self._store.put_outbox(entry, self._clock.now_ms())
+            self._add_pending(gid, message)
+        return entry
+
+    def _add_pending(self, chat: str, message: tuple[str, str, int] | None) -> None:
+        if message is not None:
+            mid, text, ts = message
+            self._store.add_message(
+                id=mid,
+                chat=chat,
+                outgoing=True,
+                sender=self._number,
+                body=text,
+                ts=ts,
+                server_ts=None,
+                status="pending",
+            )
 
     async def await_sent(self, entry: OutboxEntry, timeout: float) -> Sent:
         """Transmit a queued send; wait until the server stored it (NotConnected: still queued)."""
@@ -130,7 +151,13 @@ class Outbox:
     async def transmit(self, entry: OutboxEntry) -> None:
         """Send an outbox entry until the server stores it; re-encrypt if devices changed."""
         try:
-            answer = await self._transmit_once(entry)
+            if is_group_chat(entry.chat):
+                sent = await self._group_sender.transmit(entry)
+                if sent is None:
+                    return  # another transmission of it finished first
+                answer = sent
+            else:
+                answer = await self._transmit_once(entry)
         except (UnknownContact, UntrustedDevices) as exc:
             self._fail(entry, exc)
         except ServerError as exc:

@@ -69,12 +69,24 @@ class LocalStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
+        self._upgrade()
         self._depth = 0
         verifier = self._get("verifier")
         if verifier is None:
             self._put("verifier", cipher.verifier())
         else:
             cipher.check(verifier)
+
+    def _upgrade(self) -> None:
+        """Bring tables of older profiles up to date (columns added since)."""
+        columns = [r[1] for r in self._db.execute("PRAGMA table_info(pending_receipts)")]
+        if "grp" not in columns:
+            self._db.execute("ALTER TABLE pending_receipts ADD COLUMN grp TEXT NOT NULL DEFAULT ''")
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The database connection, for tables kept by sibling modules (group_store.py)."""
+        return self._db
 
     def close(self) -> None:
         """Close the database."""
@@ -293,30 +305,35 @@ class LocalStore:
         rows = self._db.execute(
             "SELECT cmid, chat, content, frame FROM outbox ORDER BY created, rowid"
         ).fetchall()
-        return [
-            OutboxEntry(
-                bytes(r[0]),
-                r[1],
-                self.cipher.open(bytes(r[2]), b"outbox/" + bytes(r[0])),
-                bytes(r[3]),
-            )
-            for r in rows
-        ]
+        return [self._outbox_entry(r) for r in rows]
 
-    def add_pending_receipt(self, peer: str, message_id: str) -> None:
-        """Remember to tell a sender that a message was delivered."""
-        self._db.execute(
-            "INSERT OR IGNORE INTO pending_receipts (peer, message_id) VALUES (?, ?)",
-            (peer, message_id),
+    def outbox_entry(self, cmid: bytes) -> OutboxEntry | None:
+        """One send waiting for the server, if it still is."""
+        row = self._db.execute(
+            "SELECT cmid, chat, content, frame FROM outbox WHERE cmid = ?", (cmid,)
+        ).fetchone()
+        return None if row is None else self._outbox_entry(row)
+
+    def _outbox_entry(self, r: tuple[bytes, str, bytes, bytes]) -> OutboxEntry:
+        cmid = bytes(r[0])
+        return OutboxEntry(
+            cmid, r[1], self.cipher.open(bytes(r[2]), b"outbox/" + cmid), bytes(r[3])
         )
 
-    def pending_receipts(self) -> dict[str, list[str]]:
-        """Delivered receipts not yet queued for sending, by peer."""
-        out: dict[str, list[str]] = {}
-        for peer, mid in self._db.execute(
-            "SELECT peer, message_id FROM pending_receipts ORDER BY rowid"
+    def add_pending_receipt(self, peer: str, message_id: str, group: str = "") -> None:
+        """Remember to tell a sender that a message (of a group, if given) was delivered."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO pending_receipts (peer, message_id, grp) VALUES (?, ?, ?)",
+            (peer, message_id, group),
+        )
+
+    def pending_receipts(self) -> dict[tuple[str, str], list[str]]:
+        """Delivered receipts not yet queued for sending, by peer and group ("" for none)."""
+        out: dict[tuple[str, str], list[str]] = {}
+        for peer, grp, mid in self._db.execute(
+            "SELECT peer, grp, message_id FROM pending_receipts ORDER BY rowid"
         ):
-            out.setdefault(peer, []).append(mid)
+            out.setdefault((peer, grp), []).append(mid)
         return out
 
     def clear_pending_receipts(self, peer: str, ids: list[str]) -> None:

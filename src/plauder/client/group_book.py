@@ -1,0 +1,213 @@
+"""What this device knows of its groups, kept current from answers, notices and state messages.
+
+Each change writes its system line into the group's chat (once, by a stable
+id) and yields the GroupChanged event to report. Callers run these inside a
+store transaction with whatever else the change belongs to.
+"""
+
+import dataclasses
+
+from plauder.client.events import GroupChanged, IdentityChanged
+from plauder.client.group_store import GroupRecord, GroupStore
+from plauder.client.store import LocalStore
+from plauder.protocol.content import GroupState
+from plauder.protocol.frames import GroupInfo, GroupNotice, GroupSettings
+
+SYSTEM = ""  # the sender of system lines in a group's history
+
+
+class GroupBook:
+    """Group records and their system lines."""
+
+    def __init__(self, number: str, store: LocalStore, groups: GroupStore) -> None:
+        self._number = number
+        self._store = store
+        self.groups = groups
+
+    def record(self, gid: str) -> GroupRecord:
+        """A group's record, or an empty one for a group not seen yet."""
+        return self.groups.get(gid) or GroupRecord(gid=gid)
+
+    def apply_info(self, info: GroupInfo) -> GroupRecord:
+        """Take the server's view of members, roles and settings, if not older than ours.
+
+        A member missing since the last view makes the next send start a new session.
+        """
+        gid = info.gid.hex()
+        old = self.record(gid)
+        if info.version < old.version:
+            return old
+        members: dict[str, str] = {m.number: m.role for m in info.members}
+        record = dataclasses.replace(
+            old,
+            version=info.version,
+            members=members,
+            role=members.get(self._number, ""),
+            settings=info.settings,
+            requests=tuple(info.requests),
+            link=info.link,
+            rotate=old.rotate or bool(set(old.members) - set(members)),
+        )
+        self.groups.save(record)
+        return record
+
+    def left(self, gid: str) -> None:
+        """This account left the group."""
+        old = self.record(gid)
+        members = {n: r for n, r in old.members.items() if n != self._number}
+        self.groups.save(dataclasses.replace(old, members=members, role=""))
+
+    def apply_notice(self, gid: str, notice: GroupNotice, ts: int) -> GroupChanged | None:
+        """Apply a server notice (unless a newer view has it already); its event, once."""
+        record = self.record(gid)
+        if notice.action in ("removed", "left"):
+            record = dataclasses.replace(record, rotate=True)
+        if notice.version > record.version:
+            record = _changed(record, notice)
+            record = dataclasses.replace(record, role=record.members.get(self._number, ""))
+        self.groups.save(record)
+        return self._line(
+            record,
+            f"v{notice.version}",
+            notice.action,
+            notice.actor,
+            tuple(notice.numbers),
+            notice.version,
+            ts,
+        )
+
+    def apply_state(self, gid: str, sender: str, state: GroupState, ts: int) -> GroupChanged | None:
+        """A new name or description, if newer than the one we know; its event."""
+        record = self.record(gid)
+        if state.ts <= record.state_ts:
+            return None
+        renamed = state.name != record.name
+        record = dataclasses.replace(
+            record, name=state.name, description=state.description, state_ts=state.ts
+        )
+        self.groups.save(record)
+        action = "renamed" if renamed else "described"
+        return self._line(record, f"state/{sender}/{state.id}", action, sender, (), 0, ts)
+
+    def adopt_state(self, gid: str, name: str, description: str, state_ts: int) -> None:
+        """Name and description that came with a key share, if newer than ours (no line)."""
+        record = self.record(gid)
+        if state_ts > record.state_ts:
+            self.groups.save(
+                dataclasses.replace(record, name=name, description=description, state_ts=state_ts)
+            )
+
+    def identity_changed(self, change: IdentityChanged, ts: int) -> list[GroupChanged]:
+        """A line in every group the number is a member of: its safety number changed."""
+        events = []
+        for record in self.groups.all():
+            if change.number in record.members and record.role:
+                event = self._line(
+                    record,
+                    f"identity/{change.number}/{change.new_key}",
+                    "safety_number",
+                    change.number,
+                    (change.number,),
+                    0,
+                    ts,
+                )
+                if event is not None:
+                    events.append(event)
+        return events
+
+    def _line(
+        self,
+        record: GroupRecord,
+        key: str,
+        action: str,
+        actor: str,
+        numbers: tuple[str, ...],
+        version: int,
+        ts: int,
+    ) -> GroupChanged | None:
+        """Write a system line (once per key) and return its event, None if it was there."""
+        text = line_text(action, actor, numbers, record)
+        added = self._store.add_message(
+            id=f"{record.gid}/{key}",
+            chat=record.gid,
+            outgoing=False,
+            sender=SYSTEM,
+            body=text,
+            ts=ts,
+            server_ts=ts,
+            status="system",
+        )
+        if not added:
+            return None
+        return GroupChanged(record.gid, record.name, action, actor, numbers, version, text)
+
+
+def _changed(record: GroupRecord, notice: GroupNotice) -> GroupRecord:
+    """A record with one notice's change applied."""
+    members = dict(record.members)
+    settings = record.settings
+    requests = [n for n in record.requests if n not in notice.numbers]
+    match notice.action:
+        case "created":
+            members[notice.actor] = "admin"
+            for n in notice.numbers:
+                members.setdefault(n, "member")
+            settings = notice.settings or settings
+        case "added" | "joined":
+            for n in notice.numbers:
+                members.setdefault(n, "member")
+        case "removed" | "left":
+            for n in notice.numbers or [notice.actor]:
+                members.pop(n, None)
+        case "promoted":
+            members.update((n, "admin") for n in notice.numbers if n in members)
+        case "demoted":
+            members.update((n, "member") for n in notice.numbers if n in members)
+        case "settings":
+            settings = notice.settings or settings
+        case "requested":
+            requests += notice.numbers
+    return dataclasses.replace(
+        record,
+        members=members,
+        settings=settings,
+        requests=tuple(requests),
+        version=notice.version,
+    )
+
+
+def line_text(action: str, actor: str, numbers: tuple[str, ...], record: GroupRecord) -> str:
+    """The system line shown in a group's chat for a change."""
+    who = ", ".join(numbers)
+    match action:
+        case "created":
+            return f"{actor} created the group"
+        case "added":
+            return f"{actor} added {who}"
+        case "removed":
+            return f"{actor} removed {who}"
+        case "left":
+            return f"{who or actor} left"
+        case "joined":
+            return f"{who} joined"
+        case "promoted":
+            return f"{actor} made {who} admin"
+        case "demoted":
+            return f"{actor} made {who} a member (no longer admin)"
+        case "settings":
+            return f"{actor} changed the settings: {settings_text(record.settings)}"
+        case "requested":
+            return f"{who} asked to join"
+        case "renamed":
+            return f"{actor} renamed the group to “{record.name}”"
+        case "described":
+            return f"{actor} changed the description: {record.description}"
+        case "safety_number":
+            return f"the safety number with {actor} changed: compare it again"
+    return f"{actor}: {action} {who}"
+
+
+def settings_text(settings: GroupSettings) -> str:
+    """Settings in a few words."""
+    approval = "with approval" if settings.approval else "without approval"
+    return f"send: {settings.send}, edit info: {settings.edit}, link joins {approval}"
