@@ -58,11 +58,16 @@ class GroupParts:
             return self.book.apply_info(answer)
 
     async def send(
-        self, gid: str, content: Content, cmid: bytes, message: tuple[str, str, int] | None
+        self,
+        gid: str,
+        content: Content,
+        cmid: bytes,
+        message: tuple[str, str, int] | None,
+        timeout: float = SEND_TIMEOUT,
     ) -> None:
         """Queue a group send and wait until the server stored it."""
         entry = self.outbox.queue_group(gid, cmid, encode_content(content), message)
-        await self.outbox.await_sent(entry, SEND_TIMEOUT)
+        await self.outbox.await_sent(entry, timeout)
 
 
 class Groups:
@@ -193,12 +198,16 @@ class Group:
 
     # --- messages ------------------------------------------------------------------------
 
-    async def send(self, text: str) -> str:
-        """Encrypt and send a text to every member; returns its id once the server stored it."""
+    async def send(self, text: str, *, timeout: float = SEND_TIMEOUT) -> str:
+        """Encrypt and send a text to every member; returns its id once the server stored it.
+
+        NotConnected after `timeout`: the message stays queued and goes out later.
+        """
         cmid = secrets.token_bytes(16)
         mid = cmid.hex()
         now = self._parts.clock.now_ms()
-        await self._parts.send(self.gid, Text(id=mid, ts=now, body=text), cmid, (mid, text, now))
+        content = Text(id=mid, ts=now, body=text)
+        await self._parts.send(self.gid, content, cmid, (mid, text, now), timeout)
         return mid
 
     def history(self, limit: int = 50) -> list[HistoryEntry]:
@@ -275,9 +284,9 @@ class Group:
         cmid = secrets.token_bytes(16)
         now = parts.clock.now_ms()
         state = GroupState(id=cmid.hex(), ts=ts or now, name=name, description=description)
+        await parts.send(self.gid, state, cmid, None)
         with parts.store.transaction():
             parts.book.apply_state(self.gid, parts.number, state, now)
-        await parts.send(self.gid, state, cmid, None)
 
     async def set_settings(self, settings: GroupSettings) -> None:
         """Admins: who may send and edit info, and whether link joins need approval."""

@@ -233,7 +233,7 @@ class Outbox:
         self._delays.pop(entry.cmid, None)
         with self._store.transaction():
             self._store.remove_outbox(entry.cmid)
-            self._store.set_status(self._number, [entry.cmid.hex()], "failed")
+            self._store.mark_failed(self._number, entry.cmid.hex())
         fut = self._waiters.get(entry.cmid)
         if fut is not None and not fut.done():
             fut.set_exception(exc)

@@ -243,6 +243,12 @@ class LocalStore:
                 moved.append(mid)
         return moved
 
+    def mark_failed(self, sender: str, mid: str) -> None:
+        """A message the server refused for good (set_status never moves a status back)."""
+        self._db.execute(
+            "UPDATE messages SET status = 'failed' WHERE sender = ? AND id = ?", (sender, mid)
+        )
+
     def set_server_ts(self, sender: str, mid: str, server_ts: int) -> None:
         """Record when the server stored an outgoing message."""
         self._db.execute(

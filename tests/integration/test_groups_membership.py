@@ -1,0 +1,207 @@
+"""Group membership with its cryptographic guarantees, links, refusals and catching up."""
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from plauder.client import (
+    Client,
+    DecryptionError,
+    GroupChanged,
+    GroupSettings,
+    MessageReceived,
+    ServerError,
+)
+from plauder.protocol.frames import Envelope, GetGroup
+from plauder.protocol.groups import GROUP_MESSAGE, decode_body
+from tests.conftest import ServerProcess
+from tests.integration.test_groups import texts
+from tests.integration.test_messaging import next_of
+
+MakeClient = Callable[..., Any]
+
+
+def last_body(server: ServerProcess, sender: str) -> tuple[bytes, int]:
+    """The newest group message body a number sent, and its device, from the server's database."""
+    rows = server.sql(
+        "SELECT body, sender_device FROM group_messages WHERE sender = ? ORDER BY id DESC LIMIT 1",
+        sender,
+    )
+    body, device = rows[0]
+    assert isinstance(body, bytes) and isinstance(device, int)
+    return body, device
+
+
+def feed(client: Client, gid: str, sender: str, device: int, body: bytes) -> None:
+    """Hand the client an envelope as a malicious server could, outside the group."""
+    client._link._on_push(  # what the connection does with every frame the server pushes
+        Envelope(
+            eid=0,
+            sender=sender,
+            sender_device=device,
+            type=GROUP_MESSAGE,
+            body=body,
+            ts=1,
+            group=bytes.fromhex(gid),
+        )
+    )
+
+
+async def changes(client: Client, action: str, timeout: float = 10.0) -> GroupChanged:
+    """The next GroupChanged event with this action."""
+    async with asyncio.timeout(timeout):
+        while True:
+            ev = await next_of(client, GroupChanged)
+            if ev.action == action:
+                return ev
+
+
+async def test_removed_member_reads_nothing_after_and_new_member_nothing_before(
+    make_client: MakeClient, server: ServerProcess
+) -> None:
+    alice, bob, carol, dave = [await make_client() for _ in range(4)]
+    group = await alice.groups.create("Verein", [bob.number, carol.number])
+    await group.send("vorher")
+    assert await texts(carol, group, 1) == ["vorher"]
+    before, device = last_body(server, alice.number)
+
+    await group.remove(carol.number)
+    assert set(group.members) == {alice.number, bob.number}
+    removed = await changes(carol, "removed")
+    assert (removed.actor, removed.numbers) == (alice.number, (carol.number,))
+    assert carol.groups.get(group.gid).role == ""
+
+    await group.send("nachher")
+    assert await texts(bob, group, 2) == ["vorher", "nachher"]
+    after, _ = last_body(server, alice.number)
+    assert decode_body(after).session_id != decode_body(before).session_id  # rotated
+
+    # a malicious server hands carol the message sent after her removal: no key for it
+    feed(carol, group.gid, alice.number, device, after)
+    async with asyncio.timeout(10):
+        while carol._book.groups.count_waiting() == 0:
+            await asyncio.sleep(0.02)
+    assert [e.body for e in carol.groups.get(group.gid).history() if e.sender] == ["vorher"]
+
+    # dave joins later and is handed the message from before he joined: it does not open
+    await group.add(dave.number)
+    await group.send("willkommen")
+    assert await texts(dave, group, 1) == ["willkommen"]
+    old_in_this_session, _ = last_body(server, alice.number)
+    assert decode_body(old_in_this_session).session_id == decode_body(after).session_id
+    feed(dave, group.gid, alice.number, device, after)
+    refused = await next_of(dave, DecryptionError)
+    assert refused.sender == alice.number
+    assert [e.body for e in dave.groups.get(group.gid).history() if e.sender] == ["willkommen"]
+
+
+async def test_invite_link_join_approval_and_revoke(make_client: MakeClient) -> None:
+    alice, bob, erin, frank = [await make_client() for _ in range(4)]
+    group = await alice.groups.create("Chor", [bob.number])
+    link = await group.invite_link()
+    assert link.startswith("plauder://join/")
+
+    joined = await erin.groups.join(link)
+    assert joined is not None and joined.gid == group.gid and joined.role == "member"
+    event = await changes(alice, "joined")
+    assert event.numbers == (erin.number,)
+    await group.send("hallo Erin")
+    assert await texts(erin, group, 1) == ["hallo Erin"]
+    assert erin.groups.get(group.gid).name == "Chor"  # the name came with the key
+
+    await group.set_settings(GroupSettings(approval=True))
+    assert await frank.groups.join(link) is None  # waits for an admin
+    asked = await changes(alice, "requested")
+    assert asked.numbers == (frank.number,)
+    assert group.requests == (frank.number,)
+    await group.approve(frank.number)
+    assert frank.number in group.members
+    await group.send("hallo Frank")
+    assert await texts(frank, group, 1) == ["hallo Frank"]
+
+    await group.revoke_link()
+    stranger = await make_client()
+    with pytest.raises(ServerError) as refused:
+        await stranger.groups.join(link)
+    assert refused.value.code == "invalid_link"
+
+
+async def test_members_are_refused_what_only_admins_may(make_client: MakeClient) -> None:
+    alice, bob, carol = [await make_client() for _ in range(3)]
+    outsider = await make_client()
+    group = await alice.groups.create("Vorstand", [bob.number])
+    await group.send("nur für den Vorstand")
+    await texts(bob, group, 1)
+    theirs = bob.groups.get("Vorstand")
+
+    for attempt in (
+        theirs.add(carol.number),
+        theirs.remove(alice.number),
+        theirs.promote(bob.number),
+        theirs.invite_link(),
+        theirs.rename("Gekapert"),
+    ):
+        with pytest.raises(ServerError) as refused:
+            await attempt
+        assert refused.value.code == "not_allowed"
+    assert theirs.name == "Vorstand" and alice.groups.get(group.gid).name == "Vorstand"
+
+    await group.set_settings(GroupSettings(send="admins"))
+    with pytest.raises(ServerError) as refused:
+        await theirs.send("darf ich?")
+    assert refused.value.code == "not_allowed"
+    assert [e.status for e in theirs.history() if e.outgoing] == ["failed"]
+
+    with pytest.raises(ServerError) as refused:
+        await outsider._link.request(GetGroup(id=1, gid=bytes.fromhex(group.gid)))
+    assert refused.value.code == "unknown_group"
+
+    # a promoted member may; the last admin leaving hands the group on
+    await group.promote(bob.number)
+    await theirs.send("jetzt darf ich")
+    assert await texts(alice, group, 1) == ["jetzt darf ich"]
+    await theirs.leave()
+    assert theirs.role == ""
+    await group.leave()
+    assert not [g for g in alice.groups.list() if g.gid == group.gid]
+
+
+async def test_offline_member_catches_up_through_three_rotations(
+    make_client: MakeClient, server: ServerProcess
+) -> None:
+    alice, bob = await make_client(), await make_client()
+    carol = await make_client(start=False)
+    others = [await make_client() for _ in range(3)]
+    group = await alice.groups.create(
+        "Runde", [bob.number, carol.number] + [o.number for o in others]
+    )
+    sessions = set()
+    sent = []
+    for i, leaving in enumerate(others):
+        text = f"Runde {i}"
+        await group.send(text)
+        sent.append(text)
+        sessions.add(decode_body(last_body(server, alice.number)[0]).session_id)
+        await group.remove(leaving.number)
+    await group.send("Ende")
+    sent.append("Ende")
+    sessions.add(decode_body(last_body(server, alice.number)[0]).session_id)
+    assert len(sessions) == 4  # a new session after each removal
+    await bob.groups.get(group.gid).send("von Bob")
+
+    await carol.start()
+    await carol.wait_idle()
+    mine = carol.groups.get("Runde")
+    history = mine.history()
+    assert [e.body for e in history if e.sender == alice.number] == sent
+    assert [e.body for e in history if e.sender == bob.number] == ["von Bob"]
+    removed = [e.body for e in history if e.sender == "" and "removed" in e.body]
+    assert len(removed) == 3
+    assert set(mine.members) == {alice.number, bob.number, carol.number}
+    assert mine.unread == 5
+    events = carol.pending_events()
+    assert not [e for e in events if isinstance(e, DecryptionError)]
+    assert len([e for e in events if isinstance(e, MessageReceived)]) == 5
+    assert carol._book.groups.count_waiting() == 0
