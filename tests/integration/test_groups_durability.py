@@ -1,13 +1,15 @@
 """Group messages survive crashes: the server's after `sent`, the sender's before it."""
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from plauder.client import Client, NotConnected
-from tests.conftest import ServerProcess, register
+from tests.conftest import ServerProcess
+
+MakeClient = Callable[..., Any]
 
 
 async def wait_for(client: Client, gid: str, bodies: list[str]) -> None:
@@ -18,12 +20,9 @@ async def wait_for(client: Client, gid: str, bodies: list[str]) -> None:
 
 
 async def test_group_messages_survive_kill_9_after_sent(
-    server: ServerProcess, tmp_path: Path, numbers: Iterator[str]
+    server: ServerProcess, make_client: MakeClient
 ) -> None:
-    profiles = tmp_path / "profiles"
-    alice = await register(server, profiles, next(numbers))
-    bob = await register(server, profiles, next(numbers))
-    carol = await register(server, profiles, next(numbers))
+    alice, bob, carol = [await make_client(start=False) for _ in range(3)]
     await alice.start(receive=False)
     group = await alice.groups.create("Notfall", [bob.number, carol.number])
     await carol.start()
@@ -41,18 +40,14 @@ async def test_group_messages_survive_kill_9_after_sent(
 
     await group.send("nach dem Absturz")
     await wait_for(bob, group.gid, [*sent, "nach dem Absturz"])
-    for client in (alice, bob, carol):
-        await client.close()
 
 
 async def test_group_send_queued_while_offline_survives_a_client_restart(
-    server: ServerProcess, tmp_path: Path, numbers: Iterator[str]
+    server: ServerProcess, make_client: MakeClient
 ) -> None:
-    profiles = tmp_path / "profiles"
-    alice = await register(server, profiles, next(numbers))
-    bob = await register(server, profiles, next(numbers))
+    alice = await make_client(start=False)
+    bob = await make_client()
     await alice.start(receive=False)
-    await bob.start()
     group = await alice.groups.create("Funkloch", [bob.number])
 
     server.stop()
@@ -70,4 +65,3 @@ async def test_group_send_queued_while_offline_survives_a_client_restart(
             await asyncio.sleep(0.05)
     assert alice.store.outbox() == []
     await alice.close()
-    await bob.close()
