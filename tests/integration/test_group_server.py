@@ -330,7 +330,34 @@ async def test_the_last_admin_leaving_leaves_an_admin(
     info = await b.ok(GetGroup(id=rid(), gid=gid))
     assert isinstance(info, GroupInfo)
     assert [(m.number, m.role) for m in info.members] == [(b.number, "admin"), (c.number, "member")]
+
+    # when the last member leaves, the group is gone and its id free again
+    await b.ok(GroupLeave(id=rid(), gid=gid))
+    await c.ok(GroupLeave(id=rid(), gid=gid))
+    assert server.sql("SELECT count(*) FROM groups WHERE gid = ?", gid) == [(0,)]
+    assert isinstance(await a.ok(GroupCreate(id=rid(), gid=gid)), GroupInfo)
     await close_all([a, b, c])
+
+
+async def test_changes_at_the_same_time_all_succeed_in_some_order(
+    server: ServerProcess, session: aiohttp.ClientSession
+) -> None:
+    a, b, *others = await members(session, server, 8)
+    gid = await create(a, [b])
+    await a.ok(GroupSetRole(id=rid(), gid=gid, numbers=[b.number], role="admin"))
+    # two admins, each sending three changes without waiting for answers
+    frames = [
+        (admin, GroupAdd(id=rid(), gid=gid, numbers=[m.number]))
+        for admin, m in zip([a, b] * 3, others, strict=True)
+    ]
+    for admin, frame in frames:
+        await admin.wire.send(frame)
+    answers = [await admin.wire.answer(frame.id) for admin, frame in frames]
+    assert all(isinstance(x, GroupInfo) for x in answers), answers
+    info = await a.ok(GetGroup(id=rid(), gid=gid))
+    assert isinstance(info, GroupInfo) and len(info.members) == 8
+    assert info.version == 2 + len(frames)  # created, promoted, then one per add
+    await close_all([a, b, *others])
 
 
 # --- invite links -------------------------------------------------------------------------

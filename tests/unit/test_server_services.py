@@ -13,13 +13,16 @@ import pytest
 from plauder.clock import ManualClock
 from plauder.crypto import AccountKey, Device
 from plauder.protocol.errors import ErrorCode
-from plauder.protocol.frames import DeviceKeys, OutEnvelope, RequestCode, Verify
+from plauder.protocol.frames import DeviceKeys, GroupSettings, OutEnvelope, RequestCode, Verify
+from plauder.protocol.groups import GROUP_MESSAGE, GROUP_NOTICE
 from plauder.server.accounts import Accounts
 from plauder.server.config import Config
 from plauder.server.errors import ServiceError
 from plauder.server.ratelimit import KeyedLimiter, TokenBucket
 from plauder.server.sms import ConsoleSender
+from plauder.server.storage import groups
 from plauder.server.storage.base import CodeCheck, Sender, Store
+from plauder.server.storage.queries import Tx
 
 ALICE = "+4915100000001"
 BOB = "+4915100000002"
@@ -238,6 +241,35 @@ async def test_cmids_are_per_sending_device(store: Store) -> None:
     from_bob = await store.store_message(bob, cmid, to(alice, b"from bob"), 1_000)
     assert not from_bob.duplicate
     assert await queued_bodies(store, alice) == [b"from bob"]
+
+
+async def test_a_group_message_is_kept_until_its_last_member_acked_it(store: Store) -> None:
+    alice, bob, carol = [await register(store, n) for n in (ALICE, BOB, "+4915100000003")]
+    gid = secrets.token_bytes(16)
+    limits = groups.GroupLimits(max_members=8, max_groups=8)
+    now = 1_800_000_000_000
+    await store.run(groups.create, alice, gid, [BOB, carol.number], GroupSettings(), limits, now)
+    listing = await store.run(groups.member_devices, alice, gid, [])
+    sent = await store.run(
+        groups.send, alice, gid, secrets.token_bytes(16), b"megolm", listing.digest, "message", now
+    )
+    assert [len(f.targets) for f in sent.fanouts] == [2]
+
+    later = now + 10 * 60_000
+    for member in (bob, carol):
+        queued = await store.fetch_queued(member.device_pk, 0, 10)
+        assert [(e.type, e.group) for e in queued] == [(GROUP_NOTICE, gid), (GROUP_MESSAGE, gid)]
+        assert queued[1].body == b"megolm" and queued[1].sender == ALICE
+        await store.ack(member.device_pk, [e.eid for e in queued])
+        await store.sweep(later, TTL_MS, TTL_MS)
+        left = await store.run(_bodies)
+        # the body stays while carol has not acked; it goes with the last reference
+        assert (b"megolm" in left) is (member is bob)
+
+
+async def _bodies(tx: Tx) -> list[bytes]:
+    """Every stored group message body."""
+    return [bytes(r[0]) for r in await tx.fetchall("SELECT body FROM group_messages")]
 
 
 # --- rate limits ------------------------------------------------------------------------

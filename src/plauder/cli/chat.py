@@ -9,8 +9,9 @@ from typing import Any
 
 import segno
 
+from plauder.cli import groups
 from plauder.cli.output import Printer, fail
-from plauder.client import BadServerUrl, Client, ClientError
+from plauder.client import BadServerUrl, Client, ClientError, UnknownGroup
 from plauder.client.servers import parse_servers
 
 
@@ -31,9 +32,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("code")
     p.set_defaults(run=verify)
 
-    p = add("send", help="send an end-to-end encrypted message")
+    p = add("send", help="send an end-to-end encrypted message to a contact or a group")
     p.add_argument("-m", "--message", required=True, help="the text")
-    p.add_argument("recipient", help="the recipient's number")
+    p.add_argument("recipient", nargs="?", help="the recipient's number")
+    p.add_argument("--group", metavar="GROUP", help="send to a group (by name or id) instead")
     p.set_defaults(run=send)
 
     p = add(
@@ -47,11 +49,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(run=receive)
 
     p = add("mark-read", help="mark a chat read and send read receipts")
-    p.add_argument("contact")
+    p.add_argument("contact", help="a number, or a group's name or id")
     p.set_defaults(run=mark_read)
 
     p = add("history", help="show a chat's history from this device")
-    p.add_argument("contact")
+    p.add_argument("contact", help="a number, or a group's name or id")
     p.add_argument("-n", "--limit", type=int, default=50)
     p.set_defaults(run=history)
 
@@ -96,6 +98,19 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "servers",
     ):
         sub.choices[name].set_defaults(is_async=True)
+    groups.add_parsers(sub, common, _client)
+
+
+def _is_number(text: str) -> bool:
+    """Whether a chat argument is a phone number rather than a group's name or id."""
+    return text.strip().startswith("+")
+
+
+def _group_name(client: Client, gid: str) -> str:
+    try:
+        return client.groups.get(gid).name
+    except UnknownGroup:
+        return ""
 
 
 def _client(args: argparse.Namespace, **kw: Any) -> Client:
@@ -139,22 +154,28 @@ async def verify(args: argparse.Namespace) -> int:
 
 async def send(args: argparse.Namespace) -> int:
     """Send one text message and wait for the server's tick."""
+    if bool(args.recipient) == bool(args.group):
+        raise ClientError("say whom to send to: a number, or --group NAME")
     client = _client(args)
     try:
         await client.start(receive=False)
-        mid = await client.send_text(args.recipient, args.message)
+        if args.group:
+            group = await groups.find(client, args.group)
+            mid = await group.send(args.message)
+            to, fields = f"[{group.name or group.gid}]", {"group": group.gid}
+        else:
+            mid = await client.send_text(args.recipient, args.message)
+            to, fields = args.recipient, {"recipient": args.recipient}
     finally:
         await client.close()
-    Printer(args.json).emit(
-        "sent", f"✓ sent to {args.recipient} ({mid})", id=mid, recipient=args.recipient
-    )
+    Printer(args.json).emit("sent", f"✓ sent to {to} ({mid})", id=mid, **fields)
     return 0
 
 
 async def receive(args: argparse.Namespace) -> int:
     """Print events until the queue is empty (or the timeout, or for ever)."""
-    out = Printer(args.json)
     client = _client(args)
+    out = Printer(args.json, group_name=functools.partial(_group_name, client))
     try:
         await client.start(receive=True)
         if args.follow or args.timeout:
@@ -176,7 +197,10 @@ async def mark_read(args: argparse.Namespace) -> int:
     client = _client(args)
     try:
         await client.start(receive=False)
-        ids = await client.mark_read(args.contact)
+        if _is_number(args.contact):
+            ids = await client.mark_read(args.contact)
+        else:
+            ids = await (await groups.find(client, args.contact)).mark_read()
     finally:
         await client.close()
     Printer(args.json).emit(
@@ -189,7 +213,11 @@ async def history(args: argparse.Namespace) -> int:
     """Print the local history of a chat."""
     client = _client(args)
     try:
-        Printer(args.json).history(client.history(args.contact, args.limit))
+        if _is_number(args.contact):
+            entries = client.history(args.contact, args.limit)
+        else:
+            entries = client.groups.get(args.contact).history(args.limit)
+        Printer(args.json).history(entries)
     finally:
         await client.close()
     return 0

@@ -3,11 +3,14 @@
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from plauder.client import (
     DecryptionError,
     Event,
+    GroupChanged,
     IdentityChanged,
     MessageReceived,
     PresenceChanged,
@@ -29,10 +32,17 @@ def when(ms: int | None) -> str:
 class Printer:
     """Writes results as text or as one JSON object per line."""
 
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self, as_json: bool, group_name: Callable[[str], str] | None = None) -> None:
         self.as_json = as_json
+        self._group_name = group_name or (lambda gid: "")
 
-    def emit(self, kind: str, text: str, **fields: Any) -> None:
+    def _where(self, gid: str, name: str = "") -> str:
+        """A group as shown before its lines: "[Name] ", or "" outside groups."""
+        if not gid:
+            return ""
+        return f"[{name or self._group_name(gid) or gid[:8]}] "
+
+    def emit(self, kind: str, text: str, /, **fields: Any) -> None:
         """One result: `text` for people, `{"type": kind, **fields}` for scripts."""
         if self.as_json:
             print(json.dumps({"type": kind, **fields}, ensure_ascii=False), flush=True)
@@ -43,25 +53,30 @@ class Printer:
         """Print an SDK event."""
         match ev:
             case MessageReceived():
+                where = self._where(ev.group, ev.group_name)
                 self.emit(
                     "message",
-                    f"[{when(ev.server_ts)}] {ev.sender}: {ev.body}",
+                    f"[{when(ev.server_ts)}] {where}{ev.sender}: {ev.body}",
                     id=ev.id,
                     sender=ev.sender,
                     body=ev.body,
                     ts=ev.ts,
                     server_ts=ev.server_ts,
+                    **({"group": ev.group, "group_name": ev.group_name} if ev.group else {}),
                 )
             case ReceiptReceived():
                 verb = "read by" if ev.status == "read" else "delivered to"
                 ids = ", ".join(ev.ids)
                 self.emit(
                     "receipt",
-                    f"{TICKS[ev.status]} {verb} {ev.sender}: {ids}",
+                    f"{TICKS[ev.status]} {self._where(ev.group)}{verb} {ev.sender}: {ids}",
                     sender=ev.sender,
                     status=ev.status,
                     ids=list(ev.ids),
+                    **({"group": ev.group} if ev.group else {}),
                 )
+            case GroupChanged():
+                self.emit("group", f"{self._where(ev.gid, ev.name)}{ev.text}", **asdict(ev))
             case TypingChanged():
                 state = "is typing…" if ev.active else "stopped typing"
                 self.emit("typing", f"{ev.sender} {state}", sender=ev.sender, active=ev.active)
@@ -94,9 +109,9 @@ class Printer:
                 )
 
     def history(self, entries: list[HistoryEntry]) -> None:
-        """Print a chat's history."""
+        """Print a chat's history (a group's system lines with a dash instead of a sender)."""
         for e in entries:
-            who = "you" if e.outgoing else e.sender
+            who = "you" if e.outgoing else e.sender or "—"
             tick = f"  {TICKS.get(e.status, '')}" if e.outgoing else ""
             self.emit(
                 "history",

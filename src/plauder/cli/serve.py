@@ -4,7 +4,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from plauder.server import app
 from plauder.server.config import Config, load_config, option_names
 
 _FLAGS = ("host", "port", "data", "database", "redis", "node_id", "workers")
@@ -44,5 +43,7 @@ def run(args: argparse.Namespace) -> int:
         name, _, value = item.partition("=")
         flags[name.strip()] = value
     config: Config = load_config(flags, config_file=args.config)
+    from plauder.server import app  # imported here: the client commands start faster without it
+
     app.run(config)
     return 0

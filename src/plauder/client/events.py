@@ -66,7 +66,7 @@ class GroupChanged:
     """Something happened in a group: a member came or went, a role or the name changed.
 
     `action` is a notice's (created, added, removed, left, joined, promoted,
-    demoted, settings, requested) or one of renamed, described and
+    demoted, settings, requested) or one of named, renamed, described and
     safety_number (a member's account key changed). `version` is the group's
     version after the change (0 for changes the server does not count).
     """

@@ -81,12 +81,12 @@ class GroupBook:
         record = self.record(gid)
         if state.ts <= record.state_ts:
             return None
-        renamed = state.name != record.name
+        renamed, old_name = state.name != record.name, record.name
         record = dataclasses.replace(
             record, name=state.name, description=state.description, state_ts=state.ts
         )
         self.groups.save(record)
-        action = "renamed" if renamed else "described"
+        action = ("renamed" if old_name else "named") if renamed else "described"
         return self._line(record, f"state/{sender}/{state.id}", action, sender, (), 0, ts)
 
     def adopt_state(self, gid: str, name: str, description: str, state_ts: int) -> None:
@@ -198,6 +198,8 @@ def line_text(action: str, actor: str, numbers: tuple[str, ...], record: GroupRe
             return f"{actor} changed the settings: {settings_text(record.settings)}"
         case "requested":
             return f"{who} asked to join"
+        case "named":
+            return f"{actor} named the group “{record.name}”"
         case "renamed":
             return f"{actor} renamed the group to “{record.name}”"
         case "described":

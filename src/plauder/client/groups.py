@@ -212,7 +212,7 @@ class Group:
 
     def history(self, limit: int = 50) -> list[HistoryEntry]:
         """The last messages and system lines (sender "") of the group, oldest first."""
-        return self._parts.store.history(self.gid, limit)
+        return self._parts.store.history(self.gid, limit, by_time=True)
 
     def receipts(self, message_id: str) -> dict[str, str]:
         """Each recipient's status of a message we sent: sent, delivered or read."""

@@ -256,11 +256,15 @@ class LocalStore:
             (server_ts, sender, mid),
         )
 
-    def history(self, chat: str, limit: int = 50) -> list[HistoryEntry]:
-        """The last messages of a chat, oldest first."""
+    def history(self, chat: str, limit: int = 50, by_time: bool = False) -> list[HistoryEntry]:
+        """The last messages of a chat, oldest first (in the server's order of time if `by_time`).
+
+        `by_time` suits groups, whose lines come from several senders and the server.
+        """
+        order = "coalesce(server_ts, ts) DESC, seq DESC" if by_time else "seq DESC"
         rows = self._db.execute(
             "SELECT id, chat, outgoing, sender, body, ts, server_ts, status FROM messages "
-            "WHERE chat = ? ORDER BY seq DESC LIMIT ?",
+            f"WHERE chat = ? ORDER BY {order} LIMIT ?",
             (chat, limit),
         ).fetchall()
         return [

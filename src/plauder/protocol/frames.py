@@ -92,7 +92,8 @@ class MemberDevices(_Value, frozen=True, kw_only=True):
 class GroupNotice(_Value, frozen=True, kw_only=True):
     """A change of a group's membership or settings, written by the server (envelope type 3).
 
-    Every member device receives it in order with the group's messages; a
+    Every member device receives it in order with the group's messages (a
+    join request, `requested`, goes to admins only and keeps the version); a
     removed member's devices receive the notice of their removal, and nothing after.
     """
 

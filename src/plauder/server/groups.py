@@ -88,12 +88,12 @@ class Groups:
                 )
                 return _info(frame.id, view), []
             case GroupCreate():
-                numbers = self._numbers(frame.members, allow_empty=True)
+                numbers = self._numbers(frame.members, allow_empty=True, grows=True)
                 result = await self._run(
                     ops.create, actor, frame.gid, numbers, frame.settings, self._limits, now
                 )
             case GroupAdd():
-                numbers = self._numbers(frame.numbers)
+                numbers = self._numbers(frame.numbers, grows=True)
                 result = await self._run(ops.add, actor, frame.gid, numbers, self._limits, now)
             case GroupRemove():
                 result = await self._run(
@@ -139,10 +139,12 @@ class Groups:
     async def _send(self, frame: GroupSend, actor: Sender, now: int) -> Sent:
         if len(frame.cmid) not in CMID_SIZES:
             raise ServiceError(ErrorCode.INVALID_REQUEST, "cmid must be 8 to 32 bytes")
-        if not frame.body or len(frame.body) > self._config.max_body_bytes:
+        if not frame.body:
+            raise ServiceError(ErrorCode.INVALID_REQUEST, "a group message needs a body")
+        if len(frame.body) > self._config.max_body_bytes:
             raise ServiceError(
                 ErrorCode.ENVELOPE_TOO_LARGE,
-                f"a group message body must have 1 to {self._config.max_body_bytes} bytes",
+                f"a group message body may have at most {self._config.max_body_bytes} bytes",
             )
         if len(frame.digest) != DIGEST_BYTES:
             raise ServiceError(ErrorCode.INVALID_REQUEST, "digest must be 32 bytes")
@@ -201,12 +203,14 @@ class Groups:
                 await self._router.deliver(device_pk, eid, data)
             self._metrics.group_envelopes_queued += len(f.targets)
 
-    def _numbers(self, numbers: list[str], allow_empty: bool = False) -> list[str]:
+    def _numbers(
+        self, numbers: list[str], allow_empty: bool = False, grows: bool = False
+    ) -> list[str]:
         if not numbers and not allow_empty:
             raise ServiceError(ErrorCode.INVALID_REQUEST, "name at least one number")
         if len(numbers) > self._config.max_group_members:
             raise ServiceError(
-                ErrorCode.GROUP_FULL,
+                ErrorCode.GROUP_FULL if grows else ErrorCode.INVALID_REQUEST,
                 f"a group may have at most {self._config.max_group_members} members",
             )
         return [number_or_error(n) for n in numbers]

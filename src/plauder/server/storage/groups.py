@@ -1,10 +1,11 @@
 """Group operations over a `Tx`, written once for SQLite and PostgreSQL.
 
 Each operation checks everything first and only then writes, so a refused
-request changes nothing (SQLite's group commit relies on that). Operations
-that change a group update its row first: on PostgreSQL that row lock orders
-them, and a `group_send` takes a share lock on it, so no message is queued
-for a member removed by a change committed before it.
+request changes nothing (SQLite's group commit relies on that). On
+PostgreSQL, an operation that changes a group locks its row FOR UPDATE
+before reading anything, and a `group_send` locks it FOR SHARE: changes run
+one at a time, sends run together, and no message is queued for a member
+removed by a change committed before it.
 
 A group message is stored once in `group_messages`; every member device gets
 an envelope with an empty body that refers to it (`message_id`).
@@ -32,6 +33,9 @@ from plauder.server.storage.base import Sender
 from plauder.server.storage.queries import Tx
 
 Role = Literal["admin", "member"]
+Lock = Literal["share", "update"]
+SHARE: Lock = "share"  # sends: many at once, none while a change runs
+UPDATE: Lock = "update"  # changes: one at a time
 ADMIN: Role = "admin"
 MEMBER: Role = "member"
 
@@ -184,7 +188,7 @@ async def send(
     now_ms: int,
 ) -> SendResult:
     """Store a group message once and queue it for every member device but the sender's."""
-    group = await _group(tx, gid, lock=True)
+    group = await _group(tx, gid, lock=SHARE)
     role = await _require_member(tx, group.id, actor.account_id)
     if kind == "message" and group.settings.send == "admins" and role != ADMIN:
         raise ServiceError(ErrorCode.NOT_ALLOWED, "only admins may send to this group")
@@ -262,7 +266,7 @@ async def add(
     tx: Tx, actor: Sender, gid: bytes, numbers: list[str], limits: GroupLimits, now_ms: int
 ) -> GroupResult:
     """Admins: add accounts; those already members are left alone."""
-    group = await _group(tx, gid, lock=True)
+    group = await _group(tx, gid, lock=UPDATE)
     await _require_admin(tx, group.id, actor.account_id)
     accounts = await _accounts(tx, list(dict.fromkeys(numbers)))
     current = await _members(tx, group.id)
@@ -279,7 +283,7 @@ async def add(
 
 async def remove(tx: Tx, actor: Sender, gid: bytes, numbers: list[str], now_ms: int) -> GroupResult:
     """Admins: remove members (they receive the notice of their removal, then nothing)."""
-    group = await _group(tx, gid, lock=True)
+    group = await _group(tx, gid, lock=UPDATE)
     await _require_admin(tx, group.id, actor.account_id)
     if actor.number in numbers:
         raise ServiceError(ErrorCode.INVALID_REQUEST, "to remove yourself, leave the group")
@@ -295,7 +299,7 @@ async def set_role(
     tx: Tx, actor: Sender, gid: bytes, numbers: list[str], role: Role, now_ms: int
 ) -> GroupResult:
     """Admins: promote members or demote admins; a group always keeps an admin."""
-    group = await _group(tx, gid, lock=True)
+    group = await _group(tx, gid, lock=UPDATE)
     await _require_admin(tx, group.id, actor.account_id)
     accounts = await _accounts(tx, list(dict.fromkeys(numbers)))
     current = await _members(tx, group.id)
@@ -313,7 +317,7 @@ async def set_role(
 
 async def leave(tx: Tx, actor: Sender, gid: bytes, now_ms: int) -> GroupResult:
     """Leave a group; if no admin would be left, the longest member becomes one."""
-    group = await _group(tx, gid, lock=True)
+    group = await _group(tx, gid, lock=UPDATE)
     await _require_member(tx, group.id, actor.account_id)
     left = await _change(
         tx, group, gid, actor, "left", [actor.number], now_ms, drop=[actor.account_id]
@@ -326,6 +330,13 @@ async def leave(tx: Tx, actor: Sender, gid: bytes, now_ms: int) -> GroupResult:
         group.id,
     )
     if heir is None:
+        # nobody is left: the group goes, and its gid with it
+        await tx.execute(
+            "DELETE FROM groups WHERE id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM group_members WHERE group_id = ?)",
+            group.id,
+            group.id,
+        )
         return GroupResult(None, left.fanouts)
     promoted = await _change(
         tx,
@@ -344,7 +355,7 @@ async def set_settings(
     tx: Tx, actor: Sender, gid: bytes, settings: GroupSettings, now_ms: int
 ) -> GroupResult:
     """Admins: change who may send and edit, and whether link joins need approval."""
-    group = await _group(tx, gid, lock=True)
+    group = await _group(tx, gid, lock=UPDATE)
     await _require_admin(tx, group.id, actor.account_id)
     if settings == group.settings:
         return GroupResult(await _view(tx, gid, group, admin=True), [])
@@ -360,7 +371,7 @@ async def set_settings(
 
 async def set_invite(tx: Tx, actor: Sender, gid: bytes, token: str | None) -> None:
     """Admins: replace the group's invite link token (None: no link)."""
-    group = await _group(tx, gid, lock=True)
+    group = await _group(tx, gid, lock=UPDATE)
     await _require_admin(tx, group.id, actor.account_id)
     digest = None if token is None else _token_digest(token)
     await tx.execute("UPDATE groups SET invite = ? WHERE id = ?", digest, group.id)
@@ -374,7 +385,7 @@ async def join(
     if row is None:
         raise ServiceError(ErrorCode.INVALID_LINK, "this invite link is not valid (any more)")
     gid = bytes(row[0])
-    group = await _group(tx, gid, lock=True)
+    group = await _group(tx, gid, lock=UPDATE)
     current = await _members(tx, group.id)
     if actor.account_id in current:
         return gid, GroupResult(await group_view(tx, actor.account_id, gid), [])
@@ -412,7 +423,7 @@ async def answer(
     now_ms: int,
 ) -> GroupResult:
     """Admins: approve (add) or deny join requests."""
-    group = await _group(tx, gid, lock=True)
+    group = await _group(tx, gid, lock=UPDATE)
     await _require_admin(tx, group.id, actor.account_id)
     accounts = await _accounts(tx, list(dict.fromkeys(numbers)))
     waiting = {
@@ -460,9 +471,13 @@ async def _change(
     settings: GroupSettings | None = None,
     audience: list[int] | None = None,
 ) -> GroupResult:
-    """Apply a change, bump the version, and queue its notice to everyone concerned."""
-    version = group.version + 1
-    await tx.execute("UPDATE groups SET version = ? WHERE id = ?", version, group.id)
+    """Apply a change, bump the version, and queue its notice to everyone concerned.
+
+    A join request changes nothing members see, so it keeps the version.
+    """
+    version = group.version if action == "requested" else group.version + 1
+    if version != group.version:
+        await tx.execute("UPDATE groups SET version = ? WHERE id = ?", version, group.id)
     if add:
         await _insert_members(tx, group.id, [(a, MEMBER) for a in add], now_ms)
         await tx.executemany(
@@ -534,11 +549,12 @@ async def _fan_out(
     return Fanout(gid, actor.number, actor.device_id, kind, body, now_ms, targets)
 
 
-async def _group(tx: Tx, gid: bytes, lock: bool = False) -> _Group:
-    """A group by gid; `lock` orders this operation after changes committed before it."""
+async def _group(tx: Tx, gid: bytes, lock: Lock | None = None) -> _Group:
+    """A group by gid, its row locked for a send (SHARE) or a change (UPDATE) if asked."""
+    clause = "" if lock is None else tx.share_lock if lock == SHARE else tx.update_lock
     row = await tx.fetchone(
         "SELECT id, version, send_policy, edit_policy, approval, invite IS NOT NULL "
-        "FROM groups WHERE gid = ?" + (tx.share_lock if lock else ""),
+        "FROM groups WHERE gid = ?" + clause,
         gid,
     )
     if row is None:
@@ -654,7 +670,7 @@ async def _insert_members(
     tx: Tx, group_id: int, members: list[tuple[int, Role]], now_ms: int
 ) -> None:
     if members:
-        # `joined` orders members by arrival (the version makes ties of one change rare)
+        # `joined` orders members by arrival; members of one change tie (account id decides)
         await tx.executemany(
             "INSERT INTO group_members (group_id, account_id, role, joined) VALUES (?, ?, ?, ?)",
             [(group_id, a, role, now_ms) for a, role in members],

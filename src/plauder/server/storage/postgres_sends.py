@@ -122,6 +122,7 @@ class PgTx:
 
     __slots__ = ("con",)
     share_lock = " FOR SHARE"
+    update_lock = " FOR UPDATE"
 
     def __init__(self, con: Any) -> None:
         self.con = con

@@ -34,6 +34,7 @@ class Tx(Protocol):
     """A transaction as the operations see it."""
 
     share_lock: str  # " FOR SHARE" where the engine locks rows read, else ""
+    update_lock: str  # " FOR UPDATE" likewise
 
     async def next_ids(self, n: int) -> list[int]:
         """n new envelope ids, never handed out before."""

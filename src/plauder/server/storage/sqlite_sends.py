@@ -16,7 +16,7 @@ class SqliteTx:
     """A `queries.Tx` over a sqlite3 connection; its methods never suspend."""
 
     __slots__ = ("c", "ids")
-    share_lock = ""  # one writer: nothing to lock
+    share_lock = update_lock = ""  # one writer: nothing to lock
 
     def __init__(self, c: sqlite3.Connection, ids: "EnvelopeIds | None" = None) -> None:
         self.c = c

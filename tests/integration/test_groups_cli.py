@@ -1,0 +1,63 @@
+"""The group commands of the issue, typed as users would, against a real server."""
+
+from pathlib import Path
+
+from tests.conftest import ServerProcess, register
+from tests.integration.test_cli import lines, plauder
+
+A, B, C, D, E = (f"+49151000000{i}" for i in range(11, 16))
+
+
+async def test_group_create_send_receive_manage_and_list(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "profiles"
+    for number in (A, B, C, D, E):  # registered as `plauder register` does (test_cli.py)
+        await (await register(server, cfg, number)).close()
+
+    def run(number: str, *args: str) -> str:
+        return plauder(cfg, "-a", number, *args).stdout
+
+    gid = run(A, "group", "create", "Familie", "--member", B, "--member", C).strip()
+    assert len(gid) == 32
+    sent = lines(run(A, "--json", "send", "-m", "Essen um 7?", "--group", "Familie"))
+    assert sent[0]["group"] == gid
+    assert f"[Familie] {A}: Essen um 7?" in run(B, "receive")
+    assert f"[Familie] {A}: Essen um 7?" in run(C, "receive")
+    run(B, "send", "-m", "Ja, gern", "--group", gid)  # by id works too
+    assert f"[Familie] {B}: Ja, gern" in run(A, "receive")
+
+    assert "1 message(s)" in run(B, "mark-read", "Familie")
+    run(A, "receive")
+    info = lines(run(A, "--json", "group", "info", "Familie"))[0]
+    assert info["members"] == {A: "admin", B: "member", C: "member"}
+    (mine,) = [m for m in info["messages"] if m["body"] == "Essen um 7?"]
+    assert mine["receipts"] == {B: "read", C: "delivered"}
+
+    run(A, "group", "add", "Familie", D)
+    run(A, "group", "remove", "Familie", C)
+    run(A, "group", "promote", "Familie", B)
+    run(A, "group", "rename", "Familie", "Familie Koch")
+    run(A, "group", "describe", "Familie Koch", "Jeden Sonntag")
+    got = run(D, "receive")
+    assert f"{A} renamed the group to “Familie Koch”" in got
+    assert f"{A} removed {C}" in got
+    assert f"[Familie Koch] {A} changed the description: Jeden Sonntag" in got
+
+    link = run(A, "group", "invite-link", "Familie Koch").strip()
+    assert link.startswith("plauder://join/")
+    assert f"joined (no name yet) ({gid})" in run(E, "group", "join", link)
+    run(B, "group", "leave", gid)  # B has not received the new name yet
+    run(A, "send", "-m", "Willkommen, E!", "--group", "Familie Koch")
+    got = run(E, "receive")
+    assert f"[Familie Koch] {A}: Willkommen, E!" in got and f"{B} left" in got
+    listed = lines(run(E, "--json", "groups"))
+    assert [(g["name"], g["members"], g["unread"]) for g in listed] == [("Familie Koch", 3, 1)]
+
+    run(A, "group", "invite-link", "Familie Koch", "--revoke")
+    refused = plauder(cfg, "-a", C, "group", "join", link, check=False)
+    assert refused.returncode == 1 and "invalid_link" in refused.stderr
+
+    history = run(A, "history", "Familie Koch")
+    assert history.index("created the group") < history.index("you: Essen um 7?")
+    assert "you: Willkommen, E!" in history
