@@ -51,20 +51,25 @@ class GroupKeys:
         self._dirty_outbound.add(gid)
         return session
 
+    def _current(self, gid: str) -> OutboundGroupSession:
+        session, _ = self.outbound(gid)
+        if session is None:
+            raise KeyError(f"no group session for {gid} yet: start one first")
+        return session
+
     def shared(self, gid: str, devices: set[SharedDevice]) -> None:
         """Record that the current session's key went to these devices."""
-        session, shared = self._outbound[gid]
+        session, shared = self._current(gid), self._outbound[gid][1]
         self._outbound[gid] = (session, shared | devices)
         self._dirty_outbound.add(gid)
 
     def key_share(self, gid: str) -> GroupKeyShare:
         """The current session's key at its next index, signed by this device."""
-        session, _ = self._outbound[gid]
-        return session.key_share(self._keys.load())
+        return self._current(gid).key_share(self._keys.load())
 
     def encrypt(self, gid: str, plaintext: bytes, now_ms: int) -> GroupCiphertext:
         """Encrypt with the current session (which must not need rotation)."""
-        session, _ = self._outbound[gid]
+        session = self._current(gid)
         self._dirty_outbound.add(gid)
         return session.encrypt(plaintext, now_ms)
 
