@@ -60,15 +60,20 @@ class GroupBook:
     def apply_notice(self, gid: str, notice: GroupNotice, ts: int) -> GroupChanged | None:
         """Apply a server notice (unless a newer view has it already); its event, once."""
         record = self.record(gid)
+        key = f"v{notice.version}"
         if notice.action in ("removed", "left"):
             record = dataclasses.replace(record, rotate=True)
-        if notice.version > record.version:
+        if notice.action == "requested":  # keeps the version: one line per request
+            requests = dict.fromkeys(record.requests + tuple(notice.numbers))
+            record = dataclasses.replace(record, requests=tuple(requests))
+            key = f"request/{','.join(notice.numbers)}/{ts}"
+        elif notice.version > record.version:
             record = _changed(record, notice)
             record = dataclasses.replace(record, role=record.members.get(self._number, ""))
         self.groups.save(record)
         return self._line(
             record,
-            f"v{notice.version}",
+            key,
             notice.action,
             notice.actor,
             tuple(notice.numbers),
@@ -165,8 +170,6 @@ def _changed(record: GroupRecord, notice: GroupNotice) -> GroupRecord:
             members.update((n, "member") for n in notice.numbers if n in members)
         case "settings":
             settings = notice.settings or settings
-        case "requested":
-            requests += notice.numbers
     return dataclasses.replace(
         record,
         members=members,
