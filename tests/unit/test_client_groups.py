@@ -1,5 +1,6 @@
 """The SDK's local group state: notices, names, receipts and Megolm sessions across restarts."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,22 @@ def test_messages_waiting_for_a_key_are_kept_in_order(tmp_path: Path) -> None:
     assert [m.ciphertext for m in kept] == [b"\x00", b"\x01", b"\x02"]
     book.groups.remove_waiting(kept[0].seq)
     assert book.groups.count_waiting() == 3
+
+
+def test_a_removal_already_seen_in_a_view_asks_for_one_new_session_only(tmp_path: Path) -> None:
+    store, book = open_book(tmp_path)
+    gid = bytes.fromhex(GID)
+    before = [GroupMember(number=ME, role="admin"), GroupMember(number=BEN, role="member")]
+    with store.transaction():
+        book.apply_info(
+            GroupInfo(id=1, gid=gid, version=1, members=before, settings=GroupSettings())
+        )
+        book.apply_info(
+            GroupInfo(id=2, gid=gid, version=2, members=before[:1], settings=GroupSettings())
+        )
+    assert book.record(GID).rotate  # the answer to our own removal
+    with store.transaction():  # the next send started a new session
+        book.groups.save(dataclasses.replace(book.record(GID), rotate=False))
+        book.apply_notice(GID, notice("removed", ME, [BEN], 2), 20)  # the notice comes later
+    assert not book.record(GID).rotate
+    assert lines(store) == [f"{ME} removed {BEN}"]

@@ -61,15 +61,17 @@ class GroupBook:
         """Apply a server notice (unless a newer view has it already); its event, once."""
         record = self.record(gid)
         key = f"v{notice.version}"
-        if notice.action in ("removed", "left"):
-            record = dataclasses.replace(record, rotate=True)
         if notice.action == "requested":  # keeps the version: one line per request
             requests = dict.fromkeys(record.requests + tuple(notice.numbers))
             record = dataclasses.replace(record, requests=tuple(requests))
             key = f"request/{','.join(notice.numbers)}/{ts}"
-        elif notice.version > record.version:
+        elif notice.version > record.version:  # else a newer view had it (and set `rotate`)
             record = _changed(record, notice)
-            record = dataclasses.replace(record, role=record.members.get(self._number, ""))
+            record = dataclasses.replace(
+                record,
+                role=record.members.get(self._number, ""),
+                rotate=record.rotate or notice.action in ("removed", "left"),
+            )
         self.groups.save(record)
         return self._line(
             record,
@@ -95,9 +97,13 @@ class GroupBook:
         return self._line(record, f"state/{sender}/{state.id}", action, sender, (), 0, ts)
 
     def adopt_state(self, gid: str, name: str, description: str, state_ts: int) -> None:
-        """Name and description that came with a key share, if newer than ours (no line)."""
+        """Name and description from a key share, for a group we know no name of yet (no line).
+
+        Later changes come only as state messages, which the server lets only
+        members with the right to edit send.
+        """
         record = self.record(gid)
-        if state_ts > record.state_ts:
+        if record.state_ts == 0 < state_ts:
             self.groups.save(
                 dataclasses.replace(record, name=name, description=description, state_ts=state_ts)
             )
