@@ -2,10 +2,23 @@
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from plauder.client import Client, Group, GroupChanged, MessageReceived, ReceiptReceived
+import pytest
+
+from plauder.client import (
+    Client,
+    Group,
+    GroupChanged,
+    MessageReceived,
+    ReceiptReceived,
+    UntrustedDevices,
+)
+from plauder.crypto import AccountKey
+from tests.conftest import ServerProcess, register
 from tests.integration.test_messaging import next_of
+from tests.integration.test_trust import inject_device
 
 MakeClient = Callable[..., Any]
 
@@ -80,3 +93,31 @@ async def test_four_members_talk_both_ways_with_names_and_receipts(
     assert carol.groups.get(group.gid).name == "Familie Koch"
     lines = [e.body for e in carol.groups.get(group.gid).history() if e.sender == ""]
     assert f"{alice.number} renamed the group to “Familie Koch”" in lines
+
+
+async def test_a_reinstalled_member_is_announced_and_a_slipped_in_device_refused(
+    make_client: MakeClient, server: ServerProcess, tmp_path: Path
+) -> None:
+    alice, bob, carol = [await make_client() for _ in range(3)]
+    group = await alice.groups.create("Nachbarn", [bob.number, carol.number])
+    await group.send("vorher")
+    assert await texts(bob, group, 1) == ["vorher"]
+    await bob.close()
+
+    bob = await register(server, tmp_path / "new-phone", bob.number)  # new keys, same number
+    await bob.start()
+    await group.send("nachher")
+    changed = await next_of(alice, GroupChanged)
+    while changed.action != "safety_number":
+        changed = await next_of(alice, GroupChanged)
+    assert (changed.gid, changed.numbers) == (group.gid, (bob.number,))
+    assert f"the safety number with {bob.number} changed" in changed.text
+    assert await texts(carol, group, 2) == ["vorher", "nachher"]
+    assert await texts(bob, group, 1) == ["nachher"]  # the new phone reads from now on
+    assert bob.groups.get("Nachbarn").members == group.members
+
+    inject_device(server, carol.number, signed_by=AccountKey.generate())
+    with pytest.raises(UntrustedDevices):
+        await group.send("darf niemand lesen")
+    assert [e.status for e in group.history() if e.outgoing][-1] == "failed"
+    await bob.close()

@@ -71,6 +71,12 @@ class GroupInbox:
         device = await self._contacts.sender_device(env.sender, env.sender_device)
         if device is None:
             return self._rejected(env, seen, "the sender's device is unknown or not signed")
+        known = self._book.groups.get(gid)
+        if known is None or not known.members:  # a new device or profile of a member
+            info = await self._fetch(gid)
+            if info is not None:
+                with self._store.transaction():
+                    self._book.apply_info(info)
         message = WaitingMessage(
             0, gid, env.sender, env.sender_device, device.identity_key, body.session_id,
             env.type, body.ciphertext, env.ts,
@@ -184,7 +190,8 @@ class GroupInbox:
             self._group_keys.import_share(share, device.identity_key, device)
         except UntrustedDevice as exc:
             return [DecryptionError(sender, device.device_id, f"group key refused: {exc}")]
-        if sender in self._book.record(key.group).members:  # strangers do not name groups
+        known = self._book.groups.get(key.group)
+        if known is None or sender in known.members:  # members name groups, not strangers
             self._book.adopt_state(key.group, key.name, key.description, key.state_ts)
         events: list[Event] = []
         for waiting in self._book.groups.waiting(device.identity_key, key.session_id):
