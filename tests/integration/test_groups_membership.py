@@ -1,6 +1,7 @@
 """Group membership with its cryptographic guarantees, links, refusals and catching up."""
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from plauder.client import (
     MessageReceived,
     ServerError,
 )
+from plauder.clock import ManualClock
 from plauder.protocol.frames import Envelope, GetGroup
 from plauder.protocol.groups import GROUP_MESSAGE, decode_body
 from tests.conftest import ServerProcess
@@ -205,3 +207,27 @@ async def test_offline_member_catches_up_through_three_rotations(
     assert not [e for e in events if isinstance(e, DecryptionError)]
     assert len([e for e in events if isinstance(e, MessageReceived)]) == 5
     assert carol._book.groups.count_waiting() == 0
+
+
+async def test_a_new_session_after_a_week_and_after_100_messages(
+    make_client: MakeClient, server: ServerProcess
+) -> None:
+    clock = ManualClock(now_ms=int(time.time() * 1000))
+    alice = await make_client(clock=clock)
+    bob = await make_client()
+    group = await alice.groups.create("Takt", [bob.number])  # the name: message 0
+
+    def session() -> str:
+        return decode_body(last_body(server, alice.number)[0]).session_id
+
+    first = session()
+    clock.advance(7 * 24 * 3600)
+    await group.send("eine Woche später")
+    week = session()
+    for i in range(99):  # messages 1 to 99 of the new session
+        await group.send(f"{i}")
+    assert session() == week
+    await group.send("die hundertste")
+    assert len({first, week, session()}) == 3
+    bodies = await texts(bob, group, 101, timeout=30)
+    assert bodies[0] == "eine Woche später" and bodies[-1] == "die hundertste"

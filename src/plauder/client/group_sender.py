@@ -104,6 +104,7 @@ class GroupSender:
             session, shared = self._group_keys.outbound(gid)
             current = {_shared(n, d) for n, ds in targets.items() for d in ds}
             member_left = record is not None and record.rotate
+            record_version = record.version if record is not None else -1
             if (
                 session is None
                 or session.needs_rotation(now, member_removed=member_left)
@@ -134,8 +135,9 @@ class GroupSender:
                 self._store.put_outbox(
                     dataclasses.replace(entry, frame=codec.encode(frame)), self._clock.now_ms()
                 )
-                if record is not None and record.rotate:
-                    self._groups.save(dataclasses.replace(record, rotate=False))
+                fresh = self._groups.get(gid)  # notices may have come in meanwhile
+                if fresh is not None and fresh.rotate and fresh.version == record_version:
+                    self._groups.save(dataclasses.replace(fresh, rotate=False))
                 if not isinstance(content, GroupState):
                     others = sorted(n for n in targets if n != self._profile.number)
                     self._groups.set_recipients(entry.cmid.hex(), others)
