@@ -231,3 +231,23 @@ async def test_a_new_session_after_a_week_and_after_100_messages(
     assert len({first, week, session()}) == 3
     bodies = await texts(bob, group, 101, timeout=30)
     assert bodies[0] == "eine Woche später" and bodies[-1] == "die hundertste"
+
+
+async def test_a_message_that_comes_before_its_key_waits_and_is_shown_once(
+    make_client: MakeClient, server: ServerProcess
+) -> None:
+    alice = await make_client()
+    bob = await make_client(start=False)
+    group = await alice.groups.create("Reihenfolge", [bob.number])
+    mid = await group.send("erst der Schlüssel, dann ich")
+    body, device = last_body(server, alice.number)
+
+    feed(bob, group.gid, alice.number, device, body)  # ahead of the queue with its key
+    await bob.start()
+    await bob.wait_idle()
+    got = [e for e in bob.pending_events() if isinstance(e, MessageReceived)]
+    assert [(e.id, e.body) for e in got] == [(mid, "erst der Schlüssel, dann ich")]
+    assert bob._book.groups.count_waiting() == 0
+    assert [e.body for e in bob.groups.get(group.gid).history() if e.sender] == [
+        "erst der Schlüssel, dann ich"
+    ]
