@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from bench.accounts import CodeCollector
 from bench.backends import Stack, stack
+from bench.profile import Profiler
 from bench.server import ServerProcess, Snapshot
 from bench.workers import Args, HandlerFactory, Pool
 
@@ -75,6 +76,14 @@ class Env:
             return {"db_commits": metrics["db_batches"], "db_operations": metrics["db_operations"]}
         counters = self.stack.counters()
         return {"db_commits": counters["write_xacts"], "wal_bytes": counters["wal_bytes"]}
+
+    def profiler(self, path: Path | None) -> Profiler | None:
+        """py-spy recording every server process into `path`, started; None without a path."""
+        if path is None:
+            return None
+        profiler = Profiler([pid for server in self.servers for pid in server.pids], path)
+        profiler.start()
+        return profiler
 
     def spec(self, indices: Sequence[int], **extra: object) -> Args:
         """The spec of a load generator owning these accounts."""
@@ -147,6 +156,15 @@ def split(items: Sequence[T], parts: int) -> list[list[T]]:
 def span_seconds(results: list[Args], start: str = "start_ns", end: str = "end_ns") -> float:
     """Wall time from the earliest start to the latest end over all generators."""
     return float(max(r[end] for r in results) - min(r[start] for r in results)) / 1e9
+
+
+def merge_errors(runs: list[Args]) -> dict[str, int]:
+    """The generators' error counts (`errors` of each result) added up by code."""
+    out: dict[str, int] = {}
+    for r in runs:
+        for code, n in r["errors"].items():
+            out[code] = out.get(code, 0) + n
+    return out
 
 
 def server_usage(before: Snapshot, after: Snapshot) -> Args:

@@ -79,11 +79,17 @@ class LoadWorker(Commands):
         return _timed(start, done, errors)
 
     async def cmd_connect(
-        self, ws_url: str, concurrency: int, timeout: float, urls: dict[int, str] | None = None
+        self,
+        ws_url: str,
+        concurrency: int,
+        timeout: float,
+        urls: dict[int, str] | None = None,
+        only: list[int] | None = None,
     ) -> Args:
         """Open and authenticate one connection per account; keeps them open.
 
-        `urls` sends some accounts (by index) to another node than `ws_url`.
+        `urls` sends some accounts (by index) to another node than `ws_url`; `only`
+        connects just these accounts (of this worker's).
         """
         latencies: list[float] = []
         urls = urls or {}
@@ -91,6 +97,7 @@ class LoadWorker(Commands):
         async def one(ident: Identity) -> None:
             t0 = time.monotonic_ns()
             wire = await Wire.open(self.session, urls.get(ident.index, ws_url))
+            self.attach(ident.index, wire)
             try:
                 await authenticate(wire, ident)
             except BaseException:
@@ -100,11 +107,15 @@ class LoadWorker(Commands):
             latencies.append((time.monotonic_ns() - t0) / 1e6)
 
         start = time.monotonic_ns()
-        todo = [i for n, i in self.idents.items() if n not in self.wires]
+        wanted = self.idents.keys() if only is None else set(only) & self.idents.keys()
+        todo = [self.idents[n] for n in wanted if n not in self.wires]
         done, errors = await run_bounded(todo, one, concurrency, timeout)
         result = _timed(start, done, errors)
         result["latency_ms"] = latencies
         return result
+
+    def attach(self, index: int, wire: Wire) -> None:
+        """Called for each new connection before it authenticates (to see every push)."""
 
     async def cmd_disconnect(self, timeout: float = 60.0) -> Args:
         """Close every connection."""

@@ -83,6 +83,44 @@ ROWS: list[tuple[str, str, str, str, tuple[str, float] | None]] = [
     ("e2e", "send_text_ms.p50", "send_text (until `sent`) p50", "ms", None),
 ]
 
+# group-fanout on SQLite, and the same with the "pg-" prefix on PostgreSQL + Redis; the
+# storage target is SQLite's (PostgreSQL's figure is shown beside it without a verdict)
+_GROUP_ROWS: list[tuple[str, str, str, str, tuple[str, float] | None]] = [
+    ("group-fanout", "members", "member connections", "", None),
+    ("group-fanout", "sent", "group messages sent", "", None),
+    ("group-fanout", "incomplete", "messages missing at a member", "", None),
+    ("group-fanout", "last_member_ms.p50", "send->last member p50", "ms", None),
+    ("group-fanout", "last_member_ms.p99", "send->last member p99", "ms", ("<=", 250.0)),
+    ("group-fanout", "last_member_ms.max", "send->last member max", "ms", None),
+    ("group-fanout", "first_member_ms.p50", "send->first member p50", "ms", None),
+    ("group-fanout", "envelope_ms.p50", "send->each member p50", "ms", None),
+    ("group-fanout", "envelope_ms.p99", "send->each member p99", "ms", None),
+    ("group-fanout", "commit_latency_ms.p99", "send->sent p99", "ms", None),
+    ("group-fanout", "delivered_envelopes_per_s", "delivered envelopes/s", "env/s", None),
+    ("group-fanout", "server_cpu_cores", "server CPU", "cores", None),
+    ("group-fanout", "server_cpu_per_group_msg_ms", "server CPU per group msg", "ms", None),
+    ("group-fanout", "server_rss_mib", "server RSS", "MiB", None),
+    ("group-fanout", "loadgen_cpu_cores", "load generators' CPU", "cores", None),
+    ("group-fanout", "pacer_lag_ms.p99", "generator lateness p99", "ms", None),
+    ("group-storage", "bytes_per_message", "DB growth per group msg", "B", None),
+    ("group-storage", "payload_per_message", "record bytes per group msg", "B", None),
+    ("group-storage", "target_bytes", "2 x body + 64 x devices", "B", None),
+    ("group-storage", "of_target", "DB growth / that", "ratio", ("<=", 1.0)),
+    ("group-storage", "bytes_per_device", "DB growth per recipient device", "B", None),
+    ("group-storage", "server_cpu_per_group_msg_ms", "server CPU per msg, offline", "ms", None),
+    ("group-storage", "drain_seconds", "catch-up of stored msgs, all", "s", None),
+    ("group-storage", "drain_envelopes_per_s", "catch-up envelopes/s", "env/s", None),
+]
+ROWS += _GROUP_ROWS
+ROWS += [
+    ("pg-" + scenario, path, label, unit, None if scenario == "group-storage" else target)
+    for scenario, path, label, unit, target in _GROUP_ROWS
+]
+ROWS += [
+    ("pg-group-fanout", "postgres_cpu_cores", "PostgreSQL CPU", "cores", None),
+    ("pg-group-fanout", "redis_cpu_cores", "Redis CPU", "cores", None),
+]
+
 
 def lookup(result: Args, path: str) -> float:
     """A metric by dotted path; NaN if missing."""
@@ -103,18 +141,19 @@ def _fmt(x: float) -> str:
 
 
 # The targets hold for these sizes; smaller runs are shown without a verdict.
-TARGET_SIZES: dict[str, tuple[str, float]] = {
-    "idle": ("established", 19_000),
-    "pairs": ("clients", 1000),
-    "rate": ("offered_per_s", 2000),
-    "pg-pairs": ("clients", 1000),
-    "cross-node": ("offered_per_s", 2000),
+TARGET_SIZES: dict[str, tuple[tuple[str, float], ...]] = {
+    "idle": (("established", 19_000),),
+    "pairs": (("clients", 1000),),
+    "rate": (("offered_per_s", 2000),),
+    "pg-pairs": (("clients", 1000),),
+    "cross-node": (("offered_per_s", 2000),),
+    "group-fanout": (("members", 1000), ("offered_per_s", 20)),
+    "pg-group-fanout": (("members", 1000), ("offered_per_s", 20)),
 }
 
 
 def _at_size(scenario: str, result: Args) -> bool:
-    size = TARGET_SIZES.get(scenario)
-    return size is None or lookup(result, size[0]) >= size[1]
+    return all(lookup(result, m) >= size for m, size in TARGET_SIZES.get(scenario, ()))
 
 
 def _target_text(target: tuple[str, float] | None, sized: bool) -> str:

@@ -1,9 +1,10 @@
-"""`python -m bench.run [idle|pairs|backends|cross|e2e ...] [options]`: run scenarios.
+"""`python -m bench.run [idle|pairs|backends|cross|e2e|group-fanout ...] [options]`.
 
 With no scenario, the default suite runs: idle with 19,000 connections; backends (pairs
 with 1,000 clients, closed loop then paced at 2,000 messages/s, on SQLite and then on
 PostgreSQL + Redis with 2 server workers); cross (2,000 messages/s across two nodes,
-then on one); e2e with 10 pairs.
+then on one); e2e with 10 pairs; group-fanout (one group of 1,000 online members, 20
+group messages/s).
 """
 
 import argparse
@@ -18,13 +19,14 @@ from bench.backends import BACKENDS
 from bench.harness import Settings
 from bench.scenarios.cluster import run_backends, run_cross, section
 from bench.scenarios.e2e import E2eParams, run_e2e
+from bench.scenarios.groups import GroupParams, run_groups
 from bench.scenarios.idle import IdleParams, run_idle
 from bench.scenarios.pairs import MAX, PairsParams, run_pairs
 from bench.workers import Args, raise_file_limit
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("idle", "pairs", "backends", "cross", "e2e")
-DEFAULT_SUITE = ("idle", "backends", "cross", "e2e")
+SCENARIOS = ("idle", "pairs", "backends", "cross", "e2e", "group-fanout")
+DEFAULT_SUITE = ("idle", "backends", "cross", "e2e", "group-fanout")
 DEFAULT_RATES = [MAX, 2000.0]
 CROSS_RATES = [2000.0]
 
@@ -56,18 +58,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="append",
         help="pairs: offered messages/s in total, or 'max' for the closed loop; repeatable",
     )
-    p.add_argument("--duration", type=float, default=20.0, help="pairs: seconds per paced run")
+    p.add_argument(
+        "--duration", type=float, default=20.0, help="pairs, group-fanout: seconds per paced run"
+    )
     p.add_argument("--warmup", type=int, default=10, help="pairs: unmeasured msgs per sender")
     p.add_argument("--connections", type=int, default=19_000, help="idle: connections")
     p.add_argument("--hold", type=float, default=10.0, help="idle: seconds to hold them")
     p.add_argument("--pairs", type=int, default=10, help="e2e: pairs of SDK clients")
-    p.add_argument("--workers", type=int, help="load-generator processes (idle 4, pairs 2)")
+    p.add_argument("--members", type=int, default=1000, help="group-fanout: online members")
+    p.add_argument("--group-senders", type=int, default=10, help="group-fanout: members posting")
+    p.add_argument(
+        "--group-rate", type=float, default=20.0, help="group-fanout: group messages/s in total"
+    )
+    p.add_argument(
+        "--offline-messages",
+        type=int,
+        default=50,
+        help="group-fanout: messages stored while members are offline (storage per message)",
+    )
+    p.add_argument(
+        "--workers", type=int, help="load-generator processes (idle 4, pairs 2, group-fanout 2)"
+    )
     p.add_argument("--repeat", type=int, default=1, help="run each scenario this many times")
     p.add_argument(
         "--backend",
         choices=BACKENDS,
         default="sqlite",
-        help="idle, pairs, e2e: the embedded SQLite, or PostgreSQL + Redis started by the bench",
+        help="idle, pairs, e2e, group-fanout: SQLite, or PostgreSQL + Redis started by the bench",
     )
     p.add_argument(
         "--server-workers",
@@ -128,6 +145,14 @@ def _pairs_params(args: argparse.Namespace, rates: list[float]) -> PairsParams:
     return pairs
 
 
+def _group_params(args: argparse.Namespace) -> GroupParams:
+    group = GroupParams(members=args.members, senders=args.group_senders, rate=args.group_rate)
+    group.duration = args.duration
+    group.offline_messages = args.offline_messages
+    group.workers = args.workers or group.workers
+    return group
+
+
 async def run_one(name: str, args: argparse.Namespace, results: dict[str, list[Args]]) -> None:
     """Run one scenario and add its results (pairs adds `pairs` and `rate` sections)."""
     settings = _settings(args)
@@ -148,6 +173,9 @@ async def run_one(name: str, args: argparse.Namespace, results: dict[str, list[A
     elif name == "e2e":
         e2e = E2eParams(pairs=args.pairs, messages=args.messages or 50)
         results.setdefault("e2e", []).append(await run_e2e(e2e, settings))
+    elif name == "group-fanout":
+        for phase in await run_groups(_group_params(args), settings):
+            results.setdefault(phase["section"], []).append(phase)
 
 
 async def run(args: argparse.Namespace) -> tuple[dict[str, list[Args]], list[str]]:

@@ -12,9 +12,8 @@ import random
 import time
 from array import array
 from collections import Counter
-from collections.abc import Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Any
 
 from bench.wire import OnFrame, Wire, WireError
 from plauder.protocol import codec
@@ -33,11 +32,41 @@ class _Sender:
     times: dict[int, int] = field(default_factory=dict)
 
 
-@dataclass
-class _Receiver:
-    wire: Wire
-    acks: list[int] = field(default_factory=list)
-    flushing: bool = False
+class Acker:
+    """Acks one connection's envelopes as the SDK does: what was read in one go, in batches."""
+
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
+        self.eids: list[int] = []
+        self.flushing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, eid: int) -> None:
+        """Queue an eid; a flush runs once the reader has drained what it read."""
+        self.eids.append(eid)
+        if not self.flushing:
+            self.flushing = True
+            self._task = asyncio.ensure_future(self.flush())
+
+    async def flush(self) -> None:
+        """Ack everything queued so far, at most ACK_BATCH eids per `ack`."""
+        try:
+            while self.eids:
+                eids, self.eids = self.eids[:ACK_BATCH], self.eids[ACK_BATCH:]
+                await self.wire.send(Ack(id=self.wire.next_id(), eids=eids))
+        finally:
+            self.flushing = False
+
+
+async def ticks(start_ns: int, rate: float, total: int) -> AsyncIterator[int]:
+    """Yield the due times (monotonic ns) of `total` events at `rate`/s, each when due."""
+    step = 1e9 / rate
+    for k in range(total):
+        due = start_ns + int(k * step)
+        now = time.monotonic_ns()
+        if due > now:
+            await asyncio.sleep((due - now) / 1e9)
+        yield due
 
 
 class Traffic:
@@ -45,7 +74,7 @@ class Traffic:
 
     def __init__(self, pairs: list[tuple[Wire, str, Wire]], in_flight: int) -> None:
         self.senders = [_Sender(s, peer, asyncio.Semaphore(in_flight)) for s, peer, _ in pairs]
-        self.receivers = [_Receiver(r) for _, _, r in pairs]
+        self.receivers = [Acker(r) for _, _, r in pairs]
         self.deliver_ms = array("d")  # send (or its scheduled time) to receipt
         self.commit_ms = array("d")  # send (or its scheduled time) to `sent`
         self.lag_ms = array("d")  # paced: how late the generator sent after the schedule
@@ -54,7 +83,6 @@ class Traffic:
         self.first_ns = self.last_ns = 0
         self._outstanding = 0
         self._done = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
         for s in self.senders:
             s.wire.on_frame = self._sender_handler(s)
         for r in self.receivers:
@@ -92,7 +120,7 @@ class Traffic:
             self.errors["timeout"] += 1
         for r in self.receivers:
             with contextlib.suppress(WireError):
-                await self._flush(r)
+                await r.flush()
 
     async def _sender_loop(self, s: _Sender, messages: int) -> None:
         for _ in range(messages):
@@ -100,14 +128,11 @@ class Traffic:
             await self._send(s, time.monotonic_ns())
 
     async def _pacer(self, start: int, rate: float, total: int) -> None:
-        step = 1e9 / rate
         senders = self.senders
-        for k in range(total):
-            due = start + int(k * step)
-            now = time.monotonic_ns()
-            if due > now:
-                await asyncio.sleep((due - now) / 1e9)
+        k = 0
+        async for due in ticks(start, rate, total):
             s = senders[k % len(senders)]
+            k += 1
             if len(s.times) >= MAX_PACED_IN_FLIGHT:
                 self.skipped += 1
                 self._settle(2)
@@ -150,33 +175,16 @@ class Traffic:
 
         return on_frame
 
-    def _receiver_handler(self, r: _Receiver) -> OnFrame:
+    def _receiver_handler(self, r: Acker) -> OnFrame:
         def on_frame(frame: ServerFrame) -> None:
             if isinstance(frame, Envelope):
                 now = time.monotonic_ns()
                 stamp = int.from_bytes(frame.body[:8], "big")
                 self.deliver_ms.append((now - stamp) / 1e6)
                 self.received += 1
-                r.acks.append(frame.eid)
-                if not r.flushing:
-                    r.flushing = True
-                    self._spawn(self._flush(r))
+                r.add(frame.eid)
                 self._settle(1)
             elif isinstance(frame, Error):
                 self.errors["ack:" + frame.code] += 1
 
         return on_frame
-
-    async def _flush(self, r: _Receiver) -> None:
-        """Ack everything read so far (runs after the reader has drained its buffer)."""
-        try:
-            while r.acks:
-                eids, r.acks = r.acks[:ACK_BATCH], r.acks[ACK_BATCH:]
-                await r.wire.send(Ack(id=r.wire.next_id(), eids=eids))
-        finally:
-            r.flushing = False
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

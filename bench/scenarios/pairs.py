@@ -10,12 +10,12 @@ from bench.harness import (
     Settings,
     environment,
     generators,
+    merge_errors,
     server_usage,
     split,
     stack_usage,
 )
 from bench.loadgen import LoadWorker
-from bench.profile import Profiler
 from bench.stats import summarize
 from bench.traffic import Traffic
 from bench.workers import Args, Pool
@@ -141,10 +141,7 @@ async def _phase(
     env: Env, pool: Pool, p: PairsParams, rate: float, messages: int, profile: Path | None = None
 ) -> Args:
     await asyncio.sleep(1.0)  # let the server settle (acks, WAL checkpoints)
-    profiler = None
-    if profile is not None:
-        profiler = Profiler([pid for server in env.servers for pid in server.pids], profile)
-        profiler.start()
+    profiler = env.profiler(profile)
     counters_before = await env.counters()
     stack_before = env.stack_snapshot()
     before = env.snapshot()
@@ -162,10 +159,7 @@ async def _phase(
     hot = profiler.stop() if profiler is not None else None
     seconds = (max(r["last_ns"] for r in runs) - min(r["first_ns"] for r in runs)) / 1e9
     received = sum(r["received"] for r in runs)
-    errors: dict[str, int] = {}
-    for r in runs:
-        for code, n in r["errors"].items():
-            errors[code] = errors.get(code, 0) + n
+    errors = merge_errors(runs)
     counted = {k: counters_after[k] - counters_before[k] for k in counters_after}
     commits = counted["db_commits"]
     sent = sum(r["sent"] for r in runs)
