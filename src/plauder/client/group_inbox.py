@@ -78,9 +78,16 @@ class GroupInbox:
                 with self._store.transaction():
                     self._book.apply_info(info)
         message = WaitingMessage(
-            0, gid, env.sender, env.sender_device, device.identity_key, body.session_id,
-            env.type, body.ciphertext, env.ts,
-        )  # fmt: skip
+            seq=0,
+            gid=gid,
+            sender=env.sender,
+            sender_device=env.sender_device,
+            sender_key=device.identity_key,
+            session_id=body.session_id,
+            type=env.type,
+            ciphertext=body.ciphertext,
+            ts=env.ts,
+        )
         async with self._keys.lock:
             try:
                 with self._store.transaction():
