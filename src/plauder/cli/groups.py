@@ -104,6 +104,10 @@ async def find(client: Client, name_or_gid: str) -> Group:
         return client.groups.get(name_or_gid)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _title(group: Group) -> str:
     return f"{group.name or '(no name yet)'} ({group.gid})"
 
@@ -119,7 +123,7 @@ async def _list(client: Client, args: argparse.Namespace, out: Printer) -> None:
         unread = f"  {group.unread} unread" if group.unread else ""
         out.emit(
             "group",
-            f"{_title(group)}  {len(group.members)} members, you: {group.role}{unread}",
+            f"{_title(group)}  {_count(len(group.members), 'member')}, you: {group.role}{unread}",
             group=group.gid,
             name=group.name,
             members=len(group.members),
