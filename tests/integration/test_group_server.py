@@ -223,6 +223,23 @@ async def test_a_stale_device_list_stores_nothing(
     await close_all([a, b, c])
 
 
+async def test_a_member_registering_again_changes_the_group_devices(
+    server: ServerProcess, session: aiohttp.ClientSession
+) -> None:
+    a, b, c = await members(session, server, 3)
+    gid = await create(a, [b, c])
+    before = await digest(a, gid)
+    await a.ok(group_send(gid, before, b"to the old device"))  # the server knows this list
+    await b.wire.close()
+    again = await register_raw(session, server, b.number)  # a new phone: a new device
+    answer = await a.request(group_send(gid, before, b"stale"))
+    assert isinstance(answer, Error) and answer.code == ErrorCode.GROUP_DEVICES_CHANGED
+    await a.ok(group_send(gid, await digest(a, gid), b"to the new device"))
+    wire, _ = await login(session, server, again)
+    assert (await Member(again, wire).envelope()).body == b"to the new device"
+    await close_all([a, c, Member(again, wire)])
+
+
 async def test_a_repeated_send_is_stored_once(
     server: ServerProcess, session: aiohttp.ClientSession
 ) -> None:

@@ -13,6 +13,7 @@ from plauder.protocol import codec
 from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import (
     ClientFrame,
+    Envelope,
     Error,
     Hello,
     Ping,
@@ -264,3 +265,13 @@ def test_known_frames_decode_to_their_types() -> None:
     assert codec.decode_client(codec.encode(send), BIG) == send
     pong = Pong(id=4, server_time=5)
     assert codec.decode_server(codec.encode(pong)) == pong
+
+
+@CODEC
+@given(struct_strategy(Envelope), st.lists(st.integers(0, 2**63 - 1), max_size=5))
+def test_envelope_encoder_matches_encoding_each_envelope(
+    template: Envelope, eids: list[int]
+) -> None:
+    frame = codec.envelope_encoder(template)
+    for eid in eids:
+        assert frame(eid) == codec.encode(msgspec.structs.replace(template, eid=eid))

@@ -1,12 +1,13 @@
 """Encode frames to msgpack and decode them against their union, with typed failures."""
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from plauder.errors import PlauderError
 from plauder.protocol.errors import ErrorCode
-from plauder.protocol.frames import ClientFrame, ServerFrame
+from plauder.protocol.frames import ClientFrame, Envelope, ServerFrame
 
 
 class ProtocolError(PlauderError):
@@ -37,6 +38,15 @@ _SERVER_TAGS = frozenset(cls.__struct_config__.tag for cls in ServerFrame.__args
 def encode(frame: ClientFrame | ServerFrame) -> bytes:
     """Serialize a frame to msgpack bytes."""
     return _encoder.encode(frame)
+
+
+def envelope_encoder(template: Envelope) -> Callable[[int], bytes]:
+    """Encodings of one envelope for any eid, from a single encoding of the rest (fan-out)."""
+    data = _encoder.encode(msgspec.structs.replace(template, eid=0))
+    at = data.index(b"\xa3eid") + 4  # "eid" is the first field after the tag; 0 is one byte
+    prefix, suffix = data[:at], data[at + 1 :]
+    encode_int = _encoder.encode
+    return lambda eid: prefix + encode_int(eid) + suffix
 
 
 def decode_client(data: bytes, max_bytes: int) -> ClientFrame:

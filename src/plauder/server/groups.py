@@ -187,20 +187,21 @@ class Groups:
 
     async def route(self, fanouts: list[ops.Fanout]) -> None:
         """Offer each stored group envelope to its device's connection."""
+        deliver = self._router.deliver
         for f in fanouts:
-            for device_pk, eid in f.targets:
-                data = codec.encode(
-                    Envelope(
-                        eid=eid,
-                        sender=f.sender,
-                        sender_device=f.sender_device,
-                        type=f.type,
-                        body=f.body,
-                        ts=f.ts,
-                        group=f.gid,
-                    )
+            frame = codec.envelope_encoder(
+                Envelope(
+                    eid=0,
+                    sender=f.sender,
+                    sender_device=f.sender_device,
+                    type=f.type,
+                    body=f.body,
+                    ts=f.ts,
+                    group=f.gid,
                 )
-                await self._router.deliver(device_pk, eid, data)
+            )
+            for device_pk, eid in f.targets:
+                await deliver(device_pk, eid, frame(eid))
             self._metrics.group_envelopes_queued += len(f.targets)
 
     def _numbers(

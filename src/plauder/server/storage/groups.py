@@ -34,6 +34,7 @@ from plauder.server.storage.queries import Tx
 
 Role = Literal["admin", "member"]
 Lock = Literal["share", "update"]
+DEVICE_SETS = 256  # groups whose device lists a single writer keeps
 SHARE: Lock = "share"  # sends: many at once, none while a change runs
 UPDATE: Lock = "update"  # changes: one at a time
 ADMIN: Role = "admin"
@@ -107,6 +108,25 @@ class DeviceListing:
     digest: bytes
     members: list[MemberDeviceRows]
     drawn: list[tuple[int, int]]
+
+
+class DeviceSet:
+    """A group's member devices at one version, and the digest each sender must match."""
+
+    __slots__ = ("_digests", "_pairs", "pks")
+
+    def __init__(self, rows: list[tuple[int, str, int, int]]) -> None:
+        self.pks = [pk for pk, _, _, _ in rows]
+        self._pairs = {pk: (number, device_id) for pk, number, device_id, _ in rows}
+        self._digests: dict[int, bytes] = {}
+
+    def digest_for(self, sender_pk: int) -> bytes:
+        """The digest of every device but the sender's."""
+        found = self._digests.get(sender_pk)
+        if found is None:
+            pairs = (pair for pk, pair in self._pairs.items() if pk != sender_pk)
+            found = self._digests[sender_pk] = digest_of(pairs)
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +217,8 @@ async def send(
     first = await queries.first_ts(tx, actor.device_pk, cmid)
     if first is not None:
         return SendResult(first, True, [])
-    devices = await _devices(tx, group.id)
-    targets = [(pk, number, device_id) for pk, number, device_id, _ in devices]
-    targets = [t for t in targets if t[0] != actor.device_pk]
-    if digest != digest_of((number, device_id) for _, number, device_id in targets):
+    devices = await _device_set(tx, group)
+    if digest != devices.digest_for(actor.device_pk):
         raise ServiceError(
             ErrorCode.GROUP_DEVICES_CHANGED,
             "the group's devices have changed: fetch them again and share your key",
@@ -212,7 +230,8 @@ async def send(
         now_ms,
     )
     kind_type = GROUP_MESSAGE if kind == "message" else GROUP_STATE
-    fanout = await _fan_out(tx, gid, actor, kind_type, body, now_ms, [pk for pk, _, _ in targets])
+    pks = [pk for pk in devices.pks if pk != actor.device_pk]
+    fanout = await _fan_out(tx, gid, actor, kind_type, body, now_ms, pks)
     return SendResult(now_ms, False, [fanout])
 
 
@@ -537,14 +556,7 @@ async def _fan_out(
         now_ms,
     )
     assert row is not None
-    message_id = int(row[0])
-    eids = await tx.next_ids(len(pks))
-    if pks:
-        await tx.executemany(
-            "INSERT INTO envelopes (id, device_pk, sender, sender_device, type, body, ts, "
-            "message_id) VALUES (?, ?, '', 0, ?, ?, ?, ?)",
-            [(eid, pk, kind, b"", now_ms, message_id) for eid, pk in zip(eids, pks, strict=True)],
-        )
+    eids = await tx.insert_refs(pks, kind, now_ms, int(row[0]))
     targets = list(zip(pks, eids, strict=True))
     return Fanout(gid, actor.number, actor.device_id, kind, body, now_ms, targets)
 
@@ -610,6 +622,25 @@ async def _view(tx: Tx, gid: bytes, group: _Group, *, admin: bool) -> GroupView:
     return GroupView(
         gid, group.version, members, group.settings, requests, group.has_link and admin
     )
+
+
+async def _device_set(tx: Tx, group: _Group) -> DeviceSet:
+    """The group's devices, kept between sends where one writer sees every change.
+
+    The key holds the version, which every membership change bumps; a change
+    of an account's devices (registering again) clears the whole cache.
+    """
+    cache = tx.cache
+    key = ("group-devices", group.id, group.version)
+    found = cache.get(key) if cache is not None else None
+    if isinstance(found, DeviceSet):
+        return found
+    devices = DeviceSet(await _devices(tx, group.id))
+    if cache is not None:
+        if len(cache) >= DEVICE_SETS:
+            cache.clear()
+        cache[key] = devices
+    return devices
 
 
 async def _members(tx: Tx, group_id: int) -> dict[int, Role]:

@@ -32,6 +32,7 @@ MAX_BATCH = 1024
 LANES = 1
 MIGRATION_LOCK = 0x706C6175  # advisory lock id: one node migrates at a time
 ACQUIRE_TIMEOUT = 5.0
+RESERVED_FOR_WRITES = 3  # pooled connections reads may not take (the writer lane keeps one)
 COMMAND_TIMEOUT = 10.0
 ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -57,6 +58,9 @@ class PostgresStore(SharedMethods):
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._writers: list[asyncio.Task[None]] = []
         self._devices = DeviceCache()
+        # reads (feeds catching up, above all) leave connections for writes: a thousand
+        # feeds reading at once must not make a send wait until it times out
+        self._reads = asyncio.Semaphore(max(1, pool_size - RESERVED_FOR_WRITES))
         self.batches = 0
         self.operations = 0
         self.failures = 0
@@ -118,11 +122,14 @@ class PostgresStore(SharedMethods):
             raise StorageError("store is not running")
         for attempt in (1, 2):
             try:
-                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as con:
-                    if not write:
+                if not write:
+                    async with self._reads, self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as con:
                         return await fn(PgTx(con), *args)
-                    async with con.transaction():
-                        return await fn(PgTx(con), *args)
+                async with (
+                    self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as con,
+                    con.transaction(),
+                ):
+                    return await fn(PgTx(con), *args)
             except ServiceError:
                 raise
             except ERRORS as exc:

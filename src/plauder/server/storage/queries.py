@@ -35,9 +35,10 @@ class Tx(Protocol):
 
     share_lock: str  # " FOR SHARE" where the engine locks rows read, else ""
     update_lock: str  # " FOR UPDATE" likewise
+    cache: dict[Any, Any] | None  # kept across operations by a single writer, else None
 
-    async def next_ids(self, n: int) -> list[int]:
-        """n new envelope ids, never handed out before."""
+    async def insert_refs(self, pks: list[int], kind: int, ts: int, message_id: int) -> list[int]:
+        """Queue a stored group message for these devices in one statement; their eids."""
         ...
 
     async def execute(self, sql: str, *args: Any) -> int:

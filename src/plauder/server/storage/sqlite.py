@@ -52,6 +52,7 @@ class SqliteStore(SharedMethods):
         self.operations = 0
         self.version = 0
         self._devices: dict[str, dict[int, int]] = {}  # worker thread only
+        self._group_devices: dict[object, object] = {}  # worker thread only (groups.py)
         self._ids: EnvelopeIds | None = None  # worker thread only
         self._migrated = False
         self._checkpointer: threading.Thread | None = None
@@ -199,6 +200,7 @@ class SqliteStore(SharedMethods):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._devices.clear()  # it may have read what was rolled back
+            self._group_devices.clear()
             if ids is not None:
                 ids.rollback(first_id)
             if len(batch) == 1:
@@ -251,6 +253,7 @@ class SqliteStore(SharedMethods):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._devices.clear()
+            self._group_devices.clear()
             if ids is not None:
                 ids.rollback(first_id)
             err = StorageError(f"database unavailable: {exc}")
@@ -284,7 +287,9 @@ class SqliteStore(SharedMethods):
     ) -> T:
         """Run a shared operation (storage/queries.py) on the writer thread."""
         return await self._call(
-            lambda c: queries.run_sync(fn(SqliteTx(c, self._envelope_ids(c)), *args))
+            lambda c: queries.run_sync(
+                fn(SqliteTx(c, self._envelope_ids(c), self._group_devices), *args)
+            )
         )
 
     async def register(
@@ -305,6 +310,7 @@ class SqliteStore(SharedMethods):
                 )
             )
             self._devices.pop(number, None)
+            self._group_devices.clear()  # its groups' device lists changed
             return reg
 
         return await self._call(op)

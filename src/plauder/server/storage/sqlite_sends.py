@@ -1,5 +1,6 @@
 """SQLite's side of group commits: multi-row statements for all sends and acks of a batch."""
 
+import json
 import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -9,24 +10,38 @@ from plauder.server.storage.batch import AckOp, AckPlan, Outcome, SendOp, SendPl
 
 T = TypeVar("T")
 
-ROWS_PER_STATEMENT = 400  # 7 values a row stays far below SQLite's 32766 variables
+ROWS_PER_STATEMENT = 400
+# one row per element of a JSON array of device pks; ids follow the array's order
+INSERT_REFS = (
+    "INSERT INTO envelopes (id, device_pk, sender, sender_device, type, body, ts, message_id) "
+    "SELECT ?1 + key, value, '', 0, ?2, x'', ?3, ?4 FROM json_each(?5)"
+)  # 7 values a row stays far below SQLite's 32766 variables
 
 
 class SqliteTx:
     """A `queries.Tx` over a sqlite3 connection; its methods never suspend."""
 
-    __slots__ = ("c", "ids")
+    __slots__ = ("c", "cache", "ids")
     share_lock = update_lock = ""  # one writer: nothing to lock
 
-    def __init__(self, c: sqlite3.Connection, ids: "EnvelopeIds | None" = None) -> None:
+    def __init__(
+        self,
+        c: sqlite3.Connection,
+        ids: "EnvelopeIds | None" = None,
+        cache: dict[Any, Any] | None = None,
+    ) -> None:
         self.c = c
         self.ids = ids
+        self.cache = cache
 
-    async def next_ids(self, n: int) -> list[int]:
-        """n new envelope ids, in commit order."""
+    async def insert_refs(self, pks: list[int], kind: int, ts: int, message_id: int) -> list[int]:
+        """Queue a group message for these devices with ids in commit order, in one statement."""
         if self.ids is None:
             raise RuntimeError("no envelope ids before the schema is migrated")
-        return self.ids.take(n)
+        eids = self.ids.take(len(pks))
+        if pks:
+            self.c.execute(INSERT_REFS, (eids[0], kind, ts, message_id, json.dumps(pks)))
+        return eids
 
     async def execute(self, sql: str, *args: Any) -> int:
         """Run a statement; returns the number of rows it changed."""
