@@ -101,7 +101,13 @@ async def find(client: Client, name_or_gid: str) -> Group:
         if client.server is None:
             raise
         await client.groups.refresh()
-        return client.groups.get(name_or_gid)
+        try:
+            return client.groups.get(name_or_gid)
+        except UnknownGroup as exc:
+            # names travel end-to-end encrypted: the server cannot tell this device a new one
+            raise UnknownGroup(
+                f"{exc}: if it was renamed, run `plauder receive` first, or use the group's id"
+            ) from exc
 
 
 def _count(n: int, noun: str) -> str:
