@@ -45,5 +45,19 @@ class UntrustedDevices(ClientError):
     """A contact's device list is not signed by their account key: nothing was sent."""
 
 
+class UnknownMembers(UntrustedDevices):
+    """The server lists accounts for a group that this device does not know as members.
+
+    Nothing was sent and no key was shared with them; `numbers` are those accounts.
+    """
+
+    def __init__(self, gid: str, numbers: list[str]) -> None:
+        super().__init__(
+            f"the server lists {', '.join(numbers)} in group {gid}, not members here: not sent"
+        )
+        self.gid = gid
+        self.numbers = numbers
+
+
 # error codes that say "not now": the request may succeed if made again later
 TRANSIENT = (ErrorCode.UNAVAILABLE, ErrorCode.RATE_LIMITED, ErrorCode.INTERNAL)

@@ -8,6 +8,7 @@ store transaction with whatever else the change belongs to.
 import dataclasses
 
 from plauder.client.events import GroupChanged, IdentityChanged
+from plauder.client.group_rights import keep_earlier, refusal
 from plauder.client.group_store import GroupRecord, GroupStore
 from plauder.client.store import LocalStore
 from plauder.protocol.content import GroupState
@@ -32,6 +33,9 @@ class GroupBook:
         """Take the server's view of members, roles and settings, if not older than ours.
 
         A member missing since the last view makes the next send start a new session.
+        The last view still counts for what is queued before the notices of the
+        change; a name a key share brought before the group was known stays only
+        if its sender may edit the group.
         """
         gid = info.gid.hex()
         old = self.record(gid)
@@ -47,7 +51,9 @@ class GroupBook:
             requests=tuple(info.requests),
             link=info.link,
             rotate=old.rotate or bool(set(old.members) - set(members)),
+            earlier=keep_earlier(old, info.version, info.settings),
         )
+        record = _name_checked(record)
         self.groups.save(record)
         return record
 
@@ -61,6 +67,8 @@ class GroupBook:
         """Apply a server notice (unless a newer view has it already); its event, once."""
         record = self.record(gid)
         key = f"v{notice.version}"
+        if record.earlier is not None and notice.version >= record.earlier.until:
+            record = dataclasses.replace(record, earlier=None)  # the stream caught up
         if notice.action == "requested":  # keeps the version: one line per request
             requests = dict.fromkeys(record.requests + tuple(notice.numbers))
             record = dataclasses.replace(record, requests=tuple(requests))
@@ -72,6 +80,7 @@ class GroupBook:
                 role=record.members.get(self._number, ""),
                 rotate=record.rotate or notice.action in ("removed", "left"),
             )
+        record = _name_checked(record)
         self.groups.save(record)
         return self._line(
             record,
@@ -96,16 +105,25 @@ class GroupBook:
         action = ("renamed" if old_name else "named") if renamed else "described"
         return self._line(record, f"state/{sender}/{state.id}", action, sender, (), 0, ts)
 
-    def adopt_state(self, gid: str, name: str, description: str, state_ts: int) -> None:
+    def adopt_state(
+        self, gid: str, name: str, description: str, state_ts: int, unchecked_from: str = ""
+    ) -> None:
         """Name and description from a key share, for a group we know no name of yet (no line).
 
-        Later changes come only as state messages, which the server lets only
-        members with the right to edit send.
+        Later changes come only as state messages. `unchecked_from` is the
+        sender of a share for a group whose members are not known yet: its name
+        is dropped if the members, once known, show it may not edit.
         """
         record = self.record(gid)
         if record.state_ts == 0 < state_ts:
             self.groups.save(
-                dataclasses.replace(record, name=name, description=description, state_ts=state_ts)
+                dataclasses.replace(
+                    record,
+                    name=name,
+                    description=description,
+                    state_ts=state_ts,
+                    named_by=unchecked_from,
+                )
             )
 
     def identity_changed(self, change: IdentityChanged, ts: int) -> list[GroupChanged]:
@@ -151,6 +169,15 @@ class GroupBook:
         if not added:
             return None
         return GroupChanged(record.gid, record.name, action, actor, numbers, version, text)
+
+
+def _name_checked(record: GroupRecord) -> GroupRecord:
+    """A record whose name from an unchecked key share is kept only if its sender may edit."""
+    if not record.named_by or not record.members:
+        return record
+    if refusal(record, record.named_by, "edit"):
+        return dataclasses.replace(record, name="", description="", state_ts=0, named_by="")
+    return dataclasses.replace(record, named_by="")
 
 
 def _changed(record: GroupRecord, notice: GroupNotice) -> GroupRecord:

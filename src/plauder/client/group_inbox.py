@@ -7,7 +7,7 @@ import msgspec
 
 from plauder.client.connection import next_request_id
 from plauder.client.contacts import Contacts
-from plauder.client.errors import ClientError
+from plauder.client.errors import ClientError, ServerError
 from plauder.client.events import (
     DecryptionError,
     Event,
@@ -16,7 +16,8 @@ from plauder.client.events import (
 )
 from plauder.client.group_book import GroupBook
 from plauder.client.group_keys import GroupKeys
-from plauder.client.group_store import WaitingMessage
+from plauder.client.group_rights import Act, doing, member_may, refusal
+from plauder.client.group_store import GroupRecord, WaitingMessage
 from plauder.client.keys import Keys
 from plauder.client.link import Link
 from plauder.client.profile import Profile
@@ -29,8 +30,15 @@ from plauder.crypto import (
     UntrustedDevice,
 )
 from plauder.protocol.content import GroupKey, GroupState, Receipt, Text, decode_content
-from plauder.protocol.frames import DeviceKeys, Envelope, GetGroup, GroupInfo
-from plauder.protocol.groups import GROUP_MESSAGE, GROUP_NOTICE, decode_body, decode_notice
+from plauder.protocol.errors import ErrorCode
+from plauder.protocol.frames import DeviceKeys, Envelope, GetGroup, GroupInfo, GroupNotice
+from plauder.protocol.groups import (
+    GROUP_MESSAGE,
+    GROUP_NOTICE,
+    GROUP_STATE,
+    decode_body,
+    decode_notice,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +46,11 @@ log = logging.getLogger(__name__)
 class GroupInbox:
     """Applies what arrives for groups; the Inbox acknowledges once this returned.
 
-    A message whose session key has not arrived is kept (and acknowledged) and
-    decrypted when the key comes. Replays of a (session, index) are dropped.
+    A message or state from a number that may not send it in this device's view
+    of the group, and a key share from a non-member, are refused (a
+    DecryptionError) before anything is decrypted or imported. A message whose
+    session key has not arrived is kept (and acknowledged) and decrypted when
+    the key comes. Replays of a (session, index) are dropped.
     """
 
     def __init__(
@@ -68,15 +79,21 @@ class GroupInbox:
             body = decode_body(env.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return self._rejected(env, seen, f"unreadable group message: {exc}")
+        known = self._book.groups.get(gid)
+        if known is None or not known.members:  # a new device or profile of a member
+            info = await self._fetch(gid, strict=True)
+            if info is not None:
+                with self._store.transaction():
+                    known = self._book.apply_info(info)
+        record = known or GroupRecord(gid=gid)
+        act: Act = "edit" if env.type == GROUP_STATE else "send"
+        reason = refusal(record, env.sender, act)
+        park = bool(reason) and _blind(record, env.sender)
+        if reason and not park:
+            return self._rejected(env, seen, f"group message refused: {reason}")
         device = await self._contacts.sender_device(env.sender, env.sender_device)
         if device is None:
             return self._rejected(env, seen, "the sender's device is unknown or not signed")
-        known = self._book.groups.get(gid)
-        if known is None or not known.members:  # a new device or profile of a member
-            info = await self._fetch(gid)
-            if info is not None:
-                with self._store.transaction():
-                    self._book.apply_info(info)
         message = WaitingMessage(
             seq=0,
             gid=gid,
@@ -91,7 +108,11 @@ class GroupInbox:
         async with self._keys.lock:
             try:
                 with self._store.transaction():
-                    events = self._decrypt(message, keep=True)
+                    if park:  # until the notices show whether the sender was a member then
+                        self._book.groups.add_waiting(message, parked=True)
+                        events = []
+                    else:
+                        events = self._decrypt(message, keep=True)
                     self._group_keys.persist()
                     seen()
             except BaseException:
@@ -111,22 +132,74 @@ class GroupInbox:
             return self._rejected(env, seen, f"unreadable group notice: {exc}")
         known = self._book.groups.get(gid)
         info = None
-        if known is None or notice.version > known.version + 1:
-            info = await self._fetch(gid)  # joined lately, or missed changes: the whole view
-        with self._store.transaction():
-            if info is not None:
-                self._book.apply_info(info)
-            event = self._book.apply_notice(gid, notice, env.ts)
-            seen()
-        return [] if event is None else [event]
+        if known is None or not known.members:  # joined lately: the whole view, or try again
+            info = await self._fetch(gid, strict=True)
+        elif notice.version > known.version + 1:
+            info = await self._fetch(gid)  # missed changes: the whole view
+        async with self._keys.lock:
+            try:
+                with self._store.transaction():
+                    if info is not None:
+                        self._book.apply_info(info)
+                    event = self._book.apply_notice(gid, notice, env.ts)
+                    events = self._released(gid, notice)
+                    self._group_keys.persist()
+                    seen()
+            except BaseException:
+                self._group_keys.forget_inbound()
+                raise
+        return ([] if event is None else [event]) + events
 
-    async def _fetch(self, gid: str) -> GroupInfo | None:
-        """The server's view of a group; None if we are not in it (any more) or it is away."""
+    def _released(self, gid: str, notice: GroupNotice) -> list[Event]:
+        """Parked messages: shown if the notice shows their sender leaving; refused once caught up.
+
+        Messages are parked while the group's first view, from the server, is
+        ahead of the notices: someone removed since may have sent them.
+        """
+        groups = self._book.groups
+        parked = groups.parked(gid)
+        if not parked:
+            return []
+        leaving = notice.action in ("removed", "left")
+        gone = set(notice.numbers or [notice.actor]) if leaving else set()
+        record = self._book.record(gid)
+        events: list[Event] = []
+        for message in parked:
+            if message.sender not in gone and record.earlier is not None:
+                continue  # not caught up yet
+            groups.remove_waiting(message.seq)
+            act: Act = "edit" if message.type == GROUP_STATE else "send"
+            if message.sender in gone and member_may(record.settings, act):
+                events += self._decrypt(message, keep=True)  # a member's, from before
+                continue
+            reason = f"{message.sender} is not a member of the group"
+            if message.sender in gone:  # a member then, but its role then is not known
+                reason = f"{message.sender} left, and only admins may {doing(act)} the group"
+            events.append(
+                DecryptionError(
+                    message.sender, message.sender_device, f"group message refused: {reason}"
+                )
+            )
+        return events
+
+    async def _fetch(self, gid: str, strict: bool = False) -> GroupInfo | None:
+        """The server's view of a group; None if we are not in it (any more) or it is away.
+
+        `strict`: only None if we are not in it; any other error is raised, so the
+        envelope is not acknowledged and comes again.
+        """
         try:
             answer = await self._link.request(
                 GetGroup(id=next_request_id(), gid=bytes.fromhex(gid))
             )
+        except ServerError as exc:
+            if strict and exc.code != ErrorCode.UNKNOWN_GROUP:
+                raise
+            log.info("group %s not fetched: %s", gid, exc)
+            return None
         except ClientError as exc:
+            if strict:
+                raise
             log.info("group %s not fetched: %s", gid, exc)
             return None
         return answer if isinstance(answer, GroupInfo) else None
@@ -155,7 +228,9 @@ class GroupInbox:
         if isinstance(content, GroupState) and message.type != GROUP_MESSAGE:
             event = self._book.apply_state(message.gid, message.sender, content, message.ts)
             return [] if event is None else [event]
-        return []
+        kind = type(content).__struct_config__.tag
+        reason = f"group message refused: a {kind} document in an envelope of type {message.type}"
+        return [DecryptionError(message.sender, message.sender_device, reason)]
 
     def _text(self, message: WaitingMessage, text: Text) -> list[Event]:
         own = message.sender == self._number  # sent by another device of this account
@@ -193,12 +268,17 @@ class GroupInbox:
             sender_signing_key=key.sender_signing_key,
             signature=key.signature,
         )
+        known = self._book.groups.get(key.group)
+        reason = refusal(known, sender, "share") if known is not None and known.members else ""
+        if reason and not (known is not None and _blind(known, sender)):
+            return [DecryptionError(sender, device.device_id, f"group key refused: {reason}")]
         try:
             self._group_keys.import_share(share, device.identity_key, device)
         except UntrustedDevice as exc:
             return [DecryptionError(sender, device.device_id, f"group key refused: {exc}")]
-        known = self._book.groups.get(key.group)
-        if known is None or sender in known.members:  # members name groups, not strangers
+        if known is None or not known.members:  # the name counts once members show who may edit
+            self._book.adopt_state(key.group, key.name, key.description, key.state_ts, sender)
+        elif not reason and not refusal(known, sender, "edit"):
             self._book.adopt_state(key.group, key.name, key.description, key.state_ts)
         events: list[Event] = []
         for waiting in self._book.groups.waiting(device.identity_key, key.session_id):
@@ -219,3 +299,9 @@ class GroupInbox:
         if not moved:
             return []
         return [ReceiptReceived(sender, receipt.status, tuple(moved), receipt.group)]
+
+
+def _blind(record: GroupRecord, sender: str) -> bool:
+    """Whether a non-member may have been one earlier in the stream: the first view is ahead."""
+    earlier = record.earlier
+    return earlier is not None and earlier.blind and sender not in record.members

@@ -12,7 +12,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS groups (
     gid TEXT PRIMARY KEY, state BLOB NOT NULL, version INTEGER NOT NULL, role TEXT NOT NULL,
     members TEXT NOT NULL, settings TEXT NOT NULL, requests TEXT NOT NULL, link INTEGER NOT NULL,
-    rotate INTEGER NOT NULL DEFAULT 0);
+    rotate INTEGER NOT NULL DEFAULT 0, earlier TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS group_outbound (
     gid TEXT PRIMARY KEY, pickle BLOB NOT NULL, shared TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS group_inbound (
@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS group_inbound (
 CREATE TABLE IF NOT EXISTS group_waiting (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, gid TEXT NOT NULL, sender TEXT NOT NULL,
     sender_device INTEGER NOT NULL, sender_key TEXT NOT NULL, session_id TEXT NOT NULL,
-    type INTEGER NOT NULL, ciphertext BLOB NOT NULL, ts INTEGER NOT NULL);
+    type INTEGER NOT NULL, ciphertext BLOB NOT NULL, ts INTEGER NOT NULL,
+    parked INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS group_waiting_by_session ON group_waiting (sender_key, session_id);
 CREATE TABLE IF NOT EXISTS group_receipts (
     message_id TEXT NOT NULL, number TEXT NOT NULL, status TEXT NOT NULL,
@@ -40,6 +41,23 @@ def is_group_chat(chat: str) -> bool:
 SharedDevice = tuple[str, int, str]
 
 
+class EarlierView(msgspec.Struct, frozen=True):
+    """Members and settings a server answer changed before the notices of the change arrived.
+
+    Envelopes queued before those notices were sent under this view; it is
+    dropped once the notice of version `until` came. `blind`: the first view
+    of a group came from the server, and who was a member before is unknown.
+    """
+
+    until: int
+    members: dict[str, str]
+    settings: GroupSettings
+    blind: bool = False
+
+
+_earlier_decoder = msgspec.json.Decoder(EarlierView)
+
+
 @dataclass(frozen=True, slots=True)
 class GroupRecord:
     """What this device knows of a group; `role` is "" once it is no longer a member."""
@@ -55,6 +73,8 @@ class GroupRecord:
     requests: tuple[str, ...] = ()
     link: bool = False
     rotate: bool = False  # a member left or was removed: the next send starts a new session
+    named_by: str = ""  # who named a group not known yet by a key share: checked once it is
+    earlier: EarlierView | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +99,13 @@ class GroupStore:
         self._store = store
         self._db = store.connection
         self._db.executescript(SCHEMA)
+        for table, column, kind in (
+            ("groups", "earlier", "TEXT NOT NULL DEFAULT ''"),
+            ("group_waiting", "parked", "INTEGER NOT NULL DEFAULT 0"),
+        ):
+            columns = [r[1] for r in self._db.execute(f"PRAGMA table_info({table})")]
+            if column not in columns:  # a profile from before the column
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     # --- groups --------------------------------------------------------------------------
 
@@ -95,11 +122,17 @@ class GroupStore:
     def save(self, record: GroupRecord) -> None:
         """Insert or replace a group."""
         state = json.dumps(
-            {"name": record.name, "description": record.description, "ts": record.state_ts}
+            {
+                "name": record.name,
+                "description": record.description,
+                "ts": record.state_ts,
+                "by": record.named_by,
+            }
         ).encode()
+        earlier = record.earlier
         self._db.execute(
             "INSERT OR REPLACE INTO groups (gid, state, version, role, members, settings, "
-            "requests, link, rotate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "requests, link, rotate, earlier) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.gid,
                 self._store.cipher.seal(state, b"group/" + record.gid.encode()),
@@ -110,6 +143,7 @@ class GroupStore:
                 json.dumps(list(record.requests)),
                 int(record.link),
                 int(record.rotate),
+                "" if earlier is None else msgspec.json.encode(earlier).decode(),
             ),
         )
 
@@ -130,6 +164,8 @@ class GroupStore:
             requests=tuple(json.loads(str(row[6]))),
             link=bool(row[7]),
             rotate=bool(row[8]),
+            named_by=state.get("by", ""),
+            earlier=_earlier_decoder.decode(str(row[9])) if row[9] else None,
         )
 
     def unread(self, gid: str) -> list[tuple[str, str]]:
@@ -184,11 +220,14 @@ class GroupStore:
 
     # --- messages waiting for their key --------------------------------------------------
 
-    def add_waiting(self, message: WaitingMessage) -> None:
-        """Keep a group message until the key of its session arrives."""
+    def add_waiting(self, message: WaitingMessage, parked: bool = False) -> None:
+        """Keep a group message until the key of its session arrives.
+
+        `parked`: until the notices show whether its sender was a member then.
+        """
         self._db.execute(
             "INSERT INTO group_waiting (gid, sender, sender_device, sender_key, session_id, "
-            "type, ciphertext, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "type, ciphertext, ts, parked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 message.gid,
                 message.sender,
@@ -198,15 +237,25 @@ class GroupStore:
                 message.type,
                 message.ciphertext,
                 message.ts,
+                int(parked),
             ),
         )
 
     def waiting(self, sender_key: str, session_id: str) -> list[WaitingMessage]:
         """The messages waiting for a session's key, in the order they arrived."""
+        return self._waiting(
+            "sender_key = ? AND session_id = ? AND parked = 0", (sender_key, session_id)
+        )
+
+    def parked(self, gid: str) -> list[WaitingMessage]:
+        """A group's messages parked until the notices show whether their senders were members."""
+        return self._waiting("gid = ? AND parked = 1", (gid,))
+
+    def _waiting(self, where: str, params: tuple[str, ...]) -> list[WaitingMessage]:
         rows = self._db.execute(
             "SELECT seq, gid, sender, sender_device, sender_key, session_id, type, ciphertext, "
-            "ts FROM group_waiting WHERE sender_key = ? AND session_id = ? ORDER BY seq",
-            (sender_key, session_id),
+            f"ts FROM group_waiting WHERE {where} ORDER BY seq",
+            params,
         ).fetchall()
         return [
             WaitingMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7]), r[8])
@@ -254,7 +303,10 @@ class GroupStore:
         return True
 
 
-_SELECT = "SELECT gid, state, version, role, members, settings, requests, link, rotate FROM groups"
+_SELECT = (
+    "SELECT gid, state, version, role, members, settings, requests, link, rotate, earlier "
+    "FROM groups"
+)
 
 
 def _inbound_aad(sender_key: str, session_id: str) -> bytes:
