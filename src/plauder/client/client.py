@@ -129,7 +129,13 @@ class Client:
             events=self._events,
             ack_delay=ack_delay,
             groups=GroupInbox(
-                self._profile, self._keys, group_keys, self._book, self._contacts, self._link
+                self._profile,
+                self._keys,
+                group_keys,
+                self._book,
+                self._contacts,
+                self._link,
+                welcome=self._welcome_joiner,
             ),
             group_keys=group_keys,
         )
@@ -294,6 +300,15 @@ class Client:
         """A member's safety number changed: say so in each group we share with them."""
         for event in self._book.identity_changed(change, self.clock.now_ms()):
             self._events.put_nowait(event)
+
+    def _welcome_joiner(self, gid: str) -> None:
+        """Send a group's name and description to whoever joined it by link, on the side."""
+
+        async def welcome() -> None:
+            with contextlib.suppress(ClientError):  # stays queued if the link is down
+                await self.groups.get(gid).resend_info()
+
+        self._background.spawn(welcome())
 
     async def _watch_again(self) -> None:
         with contextlib.suppress(ClientError):

@@ -61,7 +61,9 @@ class GroupInbox:
         book: GroupBook,
         contacts: Contacts,
         link: Link,
+        welcome: Callable[[str], None] = lambda gid: None,
     ) -> None:
+        self._welcome = welcome
         self._number = profile.number
         self._store = profile.store
         self._keys = keys
@@ -148,7 +150,21 @@ class GroupInbox:
             except BaseException:
                 self._group_keys.forget_inbound()
                 raise
+        if notice.action == "joined" and self._welcomes(gid, notice.numbers):
+            self._welcome(gid)
         return ([] if event is None else [event]) + events
+
+    def _welcomes(self, gid: str, joiners: list[str]) -> bool:
+        """Whether this device tells people who joined by link the group's name.
+
+        Nobody sent them the name (an admin adding someone sends it): the
+        longest-standing admin's devices do, if they know it.
+        """
+        record = self._book.groups.get(gid)
+        if record is None or not record.name or self._number in joiners:
+            return False
+        admins = [n for n, role in record.members.items() if role == "admin"]
+        return bool(admins) and admins[0] == self._number
 
     def _released(self, gid: str, notice: GroupNotice) -> list[Event]:
         """Parked messages: shown if the notice shows their sender leaving; refused once caught up.

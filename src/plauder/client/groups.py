@@ -246,7 +246,7 @@ class Group:
     async def add(self, *numbers: str) -> None:
         """Admins: add members; they can read what is sent from now on, not before."""
         await self._change(GroupAdd, numbers)
-        await self._resend_info()
+        await self.resend_info()
 
     async def remove(self, *numbers: str) -> None:
         """Admins: remove members; nothing sent after this can be read by them."""
@@ -306,7 +306,7 @@ class Group:
     async def approve(self, *numbers: str) -> None:
         """Admins: let these numbers in (they asked by invite link)."""
         await self._answer(numbers, approve=True)
-        await self._resend_info()
+        await self.resend_info()
 
     async def deny(self, *numbers: str) -> None:
         """Admins: refuse these numbers' join requests."""
@@ -352,7 +352,7 @@ class Group:
         )
         await self._parts.info(frame)
 
-    async def _resend_info(self) -> None:
+    async def resend_info(self) -> None:
         """Send name and description again, so new members see them at once (if we may edit)."""
         record = self._record
         if record.name and (record.settings.edit == "all" or record.role == "admin"):
