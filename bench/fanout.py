@@ -6,7 +6,7 @@ first 13: the phase, the sender's account index and the scheduled send time
 (CLOCK_MONOTONIC, the same in every process). Each generator tallies per message how
 many of its members got it, when the first and the last did, and every envelope's
 latency; the bench adds the generators' tallies up. Members ack everything stored (group
-messages and the server's notices) as the SDK does, in batches.
+messages and the server's notices) as the SDK does (see traffic.Acker).
 """
 
 import asyncio
@@ -104,7 +104,7 @@ class GroupWorker(LoadWorker):
 
     def attach(self, index: int, wire: Wire) -> None:
         """Tally and ack every envelope from the start."""
-        acker = Acker(wire)
+        acker = Acker(wire, self.ack_interval)
         self.ackers.append(acker)
         wire.on_frame = self._member(acker)
 

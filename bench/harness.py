@@ -15,6 +15,7 @@ from bench.backends import Stack, stack
 from bench.profile import Profiler
 from bench.server import ServerProcess, Snapshot
 from bench.workers import Args, HandlerFactory, Pool
+from plauder.client.inbox import ACK_INTERVAL
 
 T = TypeVar("T")
 
@@ -39,6 +40,7 @@ class Settings:
     server_src: Path | None = None  # run the server from another source tree (PYTHONPATH)
     backend: str = "sqlite"  # sqlite | postgres (PostgreSQL + Redis, started by the bench)
     server_workers: int = 1  # `plauder serve --workers` (postgres only)
+    ack_interval: float = ACK_INTERVAL  # seconds between one connection's `ack`s
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Env:
     salt: bytes
     tmp: Path
     stack: Stack
+    ack_interval: float = ACK_INTERVAL
 
     @property
     def server(self) -> ServerProcess:
@@ -87,7 +90,12 @@ class Env:
 
     def spec(self, indices: Sequence[int], **extra: object) -> Args:
         """The spec of a load generator owning these accounts."""
-        base: Args = {"collector": self.collector.url, "salt": self.salt, "indices": list(indices)}
+        base: Args = {
+            "collector": self.collector.url,
+            "salt": self.salt,
+            "indices": list(indices),
+            "ack_interval": self.ack_interval,
+        }
         return {**base, **extra}
 
 
@@ -117,7 +125,14 @@ async def environment(settings: Settings, nodes: int = 1) -> AsyncIterator[Env]:
                     )
                     servers.append(server)
                     server.start()
-                yield Env(servers, collector, secrets.token_bytes(16), tmp, services)
+                yield Env(
+                    servers,
+                    collector,
+                    secrets.token_bytes(16),
+                    tmp,
+                    services,
+                    settings.ack_interval,
+                )
             finally:  # the servers stop before their database does
                 for server in servers:
                     server.stop()

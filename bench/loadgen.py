@@ -10,6 +10,7 @@ import aiohttp
 from bench.accounts import Identity, authenticate, register
 from bench.wire import Wire
 from bench.workers import Args, Commands
+from plauder.client.inbox import ACK_INTERVAL
 
 T = TypeVar("T")
 MAX_ERRORS_KEPT = 5
@@ -47,14 +48,16 @@ async def run_bounded(
 class LoadWorker(Commands):
     """Owns some bench accounts; registers them and holds their authenticated connections.
 
-    The spec holds `collector` (URL), `salt` (bytes) and `indices` (account numbers); the
-    server's `ws_url` comes with each command, as a restarted server has a new port.
+    The spec holds `collector` (URL), `salt` (bytes), `indices` (account numbers) and
+    `ack_interval` (seconds between one connection's `ack`s); the server's `ws_url` comes
+    with each command, as a restarted server has a new port.
     """
 
     def __init__(self, spec: Args) -> None:
         self.spec = spec
         self.collector: str = spec["collector"]
         self.idents = {i: Identity(i, spec["salt"]) for i in spec["indices"]}
+        self.ack_interval: float = spec.get("ack_interval", ACK_INTERVAL)
         self.wires: dict[int, Wire] = {}
         self._session: aiohttp.ClientSession | None = None
 

@@ -23,6 +23,7 @@ from bench.scenarios.groups import GroupParams, run_groups
 from bench.scenarios.idle import IdleParams, run_idle
 from bench.scenarios.pairs import MAX, PairsParams, run_pairs
 from bench.workers import Args, raise_file_limit
+from plauder.client.inbox import ACK_INTERVAL
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("idle", "pairs", "backends", "cross", "e2e", "group-fanout")
@@ -79,6 +80,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--workers", type=int, help="load-generator processes (idle 4, pairs 2, group-fanout 2)"
     )
+    p.add_argument(
+        "--ack-interval",
+        type=float,
+        default=ACK_INTERVAL * 1000,
+        help="pairs, group-fanout: ms between one connection's acks (0: ack whenever idle)",
+    )
     p.add_argument("--repeat", type=int, default=1, help="run each scenario this many times")
     p.add_argument(
         "--backend",
@@ -133,6 +140,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         server_src=args.server_src,
         backend=args.backend,
         server_workers=args.server_workers or 1,
+        ack_interval=args.ack_interval / 1000,
     )
 
 

@@ -2,12 +2,13 @@
 
 A message is a `send` with one type-1 envelope whose body is 200 opaque bytes: an
 8-byte timestamp (CLOCK_MONOTONIC, the same in every process) and random bytes. The
-server cannot tell it from Olm ciphertext. Receivers ack in batches, as the SDK does:
-everything read in one go, at most ACK_BATCH per `ack`.
+server cannot tell it from Olm ciphertext. Receivers ack as the SDK does: at most
+one `ack` per ACK_INTERVAL (the first at once), or at once when ACK_BATCH eids wait.
 """
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from array import array
@@ -16,11 +17,11 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 
 from bench.wire import OnFrame, Wire, WireError
+from plauder.client.inbox import ACK_BATCH, ACK_INTERVAL
 from plauder.protocol import codec
 from plauder.protocol.frames import Ack, Envelope, Error, OutEnvelope, Send, Sent, ServerFrame
 
 BODY_BYTES = 200
-ACK_BATCH = 100
 MAX_PACED_IN_FLIGHT = 1000  # per sender: beyond this a paced sender skips (and counts) sends
 
 
@@ -33,29 +34,55 @@ class _Sender:
 
 
 class Acker:
-    """Acks one connection's envelopes as the SDK does: what was read in one go, in batches."""
+    """Acks one connection's envelopes as the SDK does: at most one `ack` per interval.
 
-    def __init__(self, wire: Wire) -> None:
+    The first ack of a quiet connection goes out once the reader drained what it read,
+    later ones when `interval` s passed since the previous `ack`, or as soon as
+    ACK_BATCH eids wait; `flush` acks everything at once (phase ends).
+    """
+
+    def __init__(self, wire: Wire, interval: float = ACK_INTERVAL) -> None:
         self.wire = wire
+        self.interval = interval
         self.eids: list[int] = []
-        self.flushing = False
+        self._last = -math.inf  # monotonic time of the last `ack`
         self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None  # set to end the wait for the interval
 
     def add(self, eid: int) -> None:
-        """Queue an eid; a flush runs once the reader has drained what it read."""
+        """Queue an eid; it is acked once the reader has drained what it read and is due."""
         self.eids.append(eid)
-        if not self.flushing:
-            self.flushing = True
-            self._task = asyncio.ensure_future(self.flush())
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        elif len(self.eids) >= ACK_BATCH and self._wake is not None:
+            _wake(self._wake)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.eids:
+            wait = self._last + self.interval - time.monotonic()
+            if wait <= 0 or len(self.eids) >= ACK_BATCH:
+                await self.flush()
+                continue
+            self._wake = wake = loop.create_future()
+            timer = loop.call_later(wait, _wake, wake)
+            try:
+                await wake
+            finally:
+                timer.cancel()
+                self._wake = None
 
     async def flush(self) -> None:
-        """Ack everything queued so far, at most ACK_BATCH eids per `ack`."""
-        try:
-            while self.eids:
-                eids, self.eids = self.eids[:ACK_BATCH], self.eids[ACK_BATCH:]
-                await self.wire.send(Ack(id=self.wire.next_id(), eids=eids))
-        finally:
-            self.flushing = False
+        """Ack everything queued so far now, at most ACK_BATCH eids per `ack` (phase ends)."""
+        while self.eids:
+            eids, self.eids = self.eids[:ACK_BATCH], self.eids[ACK_BATCH:]
+            self._last = time.monotonic()
+            await self.wire.send(Ack(id=self.wire.next_id(), eids=eids))
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def ticks(start_ns: int, rate: float, total: int) -> AsyncIterator[int]:
@@ -72,9 +99,14 @@ async def ticks(start_ns: int, rate: float, total: int) -> AsyncIterator[int]:
 class Traffic:
     """One run of messages from each sender to its receiver, with latency samples."""
 
-    def __init__(self, pairs: list[tuple[Wire, str, Wire]], in_flight: int) -> None:
+    def __init__(
+        self,
+        pairs: list[tuple[Wire, str, Wire]],
+        in_flight: int,
+        ack_interval: float = ACK_INTERVAL,
+    ) -> None:
         self.senders = [_Sender(s, peer, asyncio.Semaphore(in_flight)) for s, peer, _ in pairs]
-        self.receivers = [Acker(r) for _, _, r in pairs]
+        self.receivers = [Acker(r, ack_interval) for _, _, r in pairs]
         self.deliver_ms = array("d")  # send (or its scheduled time) to receipt
         self.commit_ms = array("d")  # send (or its scheduled time) to `sent`
         self.lag_ms = array("d")  # paced: how late the generator sent after the schedule

@@ -118,6 +118,7 @@ async def run_groups(p: GroupParams, settings: Settings) -> list[Args]:
         "generators": len(specs),
         "backend": settings.backend,
         "server_workers": settings.server_workers,
+        "ack_interval_ms": settings.ack_interval * 1000,
         "member_devices": devices,
         "group_version": created[0]["version"] if created else None,
         "body_bytes": shape.body_bytes,
@@ -253,6 +254,7 @@ async def _measured(
     stack.pop("stack_cpu_per_1000")
     sent, seconds = result["sent"], result["seconds"]
     commits = counters_after["db_commits"] - counters_before["db_commits"]
+    operations = counters_after.get("db_operations", 0) - counters_before.get("db_operations", 0)
     if result["incomplete"] or result["send_errors"] or result["receive_errors"]:
         print(
             f"bench: WARNING: {result['incomplete']} of {sent} group messages not at every "
@@ -266,6 +268,7 @@ async def _measured(
         if result["envelopes"]
         else None,
         "db_commits": commits,
+        "db_operations_per_group_msg": operations / sent if sent and operations else None,
         "loadgen_cpu_cores": result["loadgen_cpu_s"] / seconds if seconds > 0 else 0.0,
         **usage,
         **stack,

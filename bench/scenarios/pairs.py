@@ -52,7 +52,7 @@ class PairsWorker(LoadWorker):
     ) -> Args:
         """One phase: closed loop (rate 0) or paced at `rate` messages/s from this worker."""
         pairs = [(self.wires[a], self.idents[b].number, self.wires[b]) for a, b in self.pairs]
-        traffic = Traffic(pairs, in_flight)
+        traffic = Traffic(pairs, in_flight, self.ack_interval)
         if rate > 0:
             await traffic.paced(rate, duration, timeout)
         else:
@@ -112,6 +112,7 @@ async def run_pairs(p: PairsParams, settings: Settings) -> list[Args]:
                         in_flight=p.in_flight,
                         backend=settings.backend,
                         server_workers=settings.server_workers,
+                        ack_interval_ms=settings.ack_interval * 1000,
                         nodes=p.nodes,
                         placement=placement,
                     )

@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import logging
 import secrets
+import time
 
 import msgspec
 
@@ -52,7 +53,8 @@ from plauder.protocol.groups import GROUP_TYPES
 
 log = logging.getLogger(__name__)
 
-ACK_BATCH = 100
+ACK_BATCH = 100  # acks waiting that go out at once
+ACK_INTERVAL = 0.5  # seconds: at most one `ack` per connection this often
 ACK_RETRY_SECONDS = 0.5
 
 
@@ -61,7 +63,8 @@ class Inbox:
 
     An envelope is acknowledged only after its message, its seen digest and its
     pending delivered receipt are stored, so a crash before the ack redelivers
-    it, and the digest then recognises it.
+    it, and the digest then recognises it. A connection gets at most one `ack` per
+    ACK_INTERVAL (the first at once), or one at once when ACK_BATCH are waiting.
     """
 
     def __init__(
@@ -97,6 +100,9 @@ class Inbox:
         self._idle = asyncio.Event()
         self._acks: list[int] = []
         self._ack_retry_pending = False
+        self._ack_timer_pending = False
+        self._acked_conn: object = None  # the connection of the last `ack`
+        self._acked_at = 0.0  # and when it went out (monotonic)
         self._presence: dict[str, tuple[bool, int | None]] = {}
         self._groups = groups
         self._group_keys = group_keys
@@ -111,7 +117,7 @@ class Inbox:
                 if self._pushes.empty() or len(self._acks) >= ACK_BATCH:
                     if self._pushes.empty() and self.ack_delay:
                         await asyncio.sleep(self.ack_delay)
-                    await self.flush_acks()
+                    await self._ack_when_due()
                     await self.flush_receipts()
             except ClientError as exc:
                 log.warning("processing a push failed: %s", exc)
@@ -145,6 +151,31 @@ class Inbox:
         for number in numbers:
             self._presence.pop(number, None)
 
+    def _ack_wait(self) -> float:
+        """Seconds until the current connection may get its next `ack`; 0 for now."""
+        if self._link.conn is not self._acked_conn:
+            return 0.0
+        return max(0.0, self._acked_at + ACK_INTERVAL - time.monotonic())
+
+    async def _ack_when_due(self) -> None:
+        """Flush the acks now if due or ACK_BATCH are waiting, else once the interval ends."""
+        if not self._acks:
+            return
+        wait = self._ack_wait()
+        if len(self._acks) >= ACK_BATCH or wait <= 0:
+            await self.flush_acks()
+        elif not self._ack_timer_pending:
+            self._ack_timer_pending = True
+            self._background.spawn(self._flush_acks_after(wait))
+
+    async def _flush_acks_after(self, wait: float) -> None:
+        try:
+            await asyncio.sleep(wait)
+        finally:
+            self._ack_timer_pending = False
+        await self._ack_when_due()  # not due yet if ACK_BATCH went out meanwhile: wait again
+        self._idle.set()
+
     async def _flush_acks_later(self) -> None:
         await asyncio.sleep(ACK_RETRY_SECONDS)
         self._ack_retry_pending = False
@@ -159,6 +190,7 @@ class Inbox:
         conn = self._link.conn
         if conn is None:
             return  # redelivered on reconnect, then recognised as seen
+        self._acked_conn, self._acked_at = conn, time.monotonic()
         try:
             await conn.request(Ack(id=next_request_id(), eids=eids))
         except ServerError as exc:
