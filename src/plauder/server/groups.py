@@ -203,6 +203,7 @@ class Groups:
             for device_pk, eid in f.targets:
                 await deliver(device_pk, eid, frame(eid))
             self._metrics.group_envelopes_queued += len(f.targets)
+        self._router.flush()
 
     def _numbers(
         self, numbers: list[str], allow_empty: bool = False, grows: bool = False

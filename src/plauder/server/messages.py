@@ -74,3 +74,4 @@ class Messages:
                 await self._router.deliver(d.device_pk, d.eid, data)
             else:
                 await self._router.push(d.device_pk, data)
+        self._router.flush()

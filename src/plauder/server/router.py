@@ -55,6 +55,14 @@ class Router(Protocol):
         """Push an unstored frame to the device's connection, if it has one."""
         ...
 
+    def flush(self) -> None:
+        """Write what `deliver` and `push` queued for other nodes now.
+
+        Called before a `sent` answer: a node killed right after answering
+        must not take the publishes of what it confirmed with it.
+        """
+        ...
+
     def stats(self) -> dict[str, int]:
         """Counters for /metrics."""
         ...
@@ -109,6 +117,9 @@ class LocalRouter:
         conn = self._by_device.get(device_pk)
         if conn is not None:
             await conn.push(data)
+
+    def flush(self) -> None:
+        """Nothing leaves this process."""
 
     def stats(self) -> dict[str, int]:
         """No counters beyond the number of devices."""

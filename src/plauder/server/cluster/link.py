@@ -144,6 +144,11 @@ class RedisLink:
             self.dropped += 1
             self._note_lost(channel)
 
+    def flush(self) -> None:
+        """Hand the queued publishes to the socket now (before a `sent` goes out)."""
+        if self._pub is not None:
+            self._pub.flush()
+
     def subscribe(self, channel: bytes) -> asyncio.Future[None] | None:
         """Receive the channel from now on; the future resolves when Redis confirms it."""
         self._channels.add(channel)

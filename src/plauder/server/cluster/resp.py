@@ -118,6 +118,10 @@ class RespConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def flush(self) -> None:
+        """Write what is queued now rather than at the end of the loop turn."""
+        self._flush()
+
     def _flush(self) -> None:
         out, self._out = self._out, []
         if self._transport is not None and out:

@@ -158,6 +158,10 @@ class RedisRouter:
             self._names.device_channel(device_pk), wire.encode(wire.Ephemeral(data=data))
         )
 
+    def flush(self) -> None:
+        """Write the publishes queued so far to Redis now."""
+        self._link.flush()
+
     def stats(self) -> dict[str, int]:
         """The link's counters and the resyncs."""
         return {**self._link.stats(), "cluster_resyncs": self.resyncs}
