@@ -18,8 +18,10 @@ run: $(STAMP)
 	$(BIN)/plauder serve
 
 # Every test on the embedded SQLite, then everything that touches storage again on
-# PostgreSQL + Redis (the tests start both themselves; `.ci/run` installs them).
-BACKEND_TESTS := tests/integration tests/unit/test_server_services.py tests/unit/test_feed.py
+# PostgreSQL + Redis (the tests start both themselves; `.ci/run` installs them). The CLI
+# tests are not rerun: they test the command line, whose storage paths the others cover.
+BACKEND_TESTS := tests/integration tests/unit/test_server_services.py tests/unit/test_feed.py \
+	--ignore=tests/integration/test_cli.py --ignore=tests/integration/test_groups_cli.py
 
 test: $(STAMP)
 	$(BIN)/pytest -q
