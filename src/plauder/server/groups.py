@@ -45,8 +45,7 @@ from plauder.server.storage import Store
 from plauder.server.storage import groups as ops
 from plauder.server.storage.base import Sender
 
-GroupFrame = GroupRequest
-GROUP_FRAMES = GroupFrame.__args__
+GROUP_FRAMES = GroupRequest.__args__
 DIGEST_BYTES = 32
 
 
@@ -64,7 +63,7 @@ class Groups:
         self._limits = ops.GroupLimits(config.max_group_members, config.max_groups_per_account)
 
     async def handle(
-        self, frame: GroupFrame, actor: Sender, take_claims: Callable[[int], bool]
+        self, frame: GroupRequest, actor: Sender, take_claims: Callable[[int], bool]
     ) -> tuple[ServerFrame, list[tuple[int, int]]]:
         """Answer one group frame; also returns (device pk, keys left) of pools drawn from.
 

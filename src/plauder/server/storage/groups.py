@@ -285,8 +285,7 @@ async def add(
     tx: Tx, actor: Sender, gid: bytes, numbers: list[str], limits: GroupLimits, now_ms: int
 ) -> GroupResult:
     """Admins: add accounts; those already members are left alone."""
-    group = await _group(tx, gid, lock=UPDATE)
-    await _require_admin(tx, group.id, actor.account_id)
+    group = await _as_admin(tx, actor, gid)
     accounts = await _accounts(tx, list(dict.fromkeys(numbers)))
     current = await _members(tx, group.id)
     new = {n: a for n, a in accounts.items() if a not in current}
@@ -302,13 +301,10 @@ async def add(
 
 async def remove(tx: Tx, actor: Sender, gid: bytes, numbers: list[str], now_ms: int) -> GroupResult:
     """Admins: remove members (they receive the notice of their removal, then nothing)."""
-    group = await _group(tx, gid, lock=UPDATE)
-    await _require_admin(tx, group.id, actor.account_id)
+    group = await _as_admin(tx, actor, gid)
     if actor.number in numbers:
         raise ServiceError(ErrorCode.INVALID_REQUEST, "to remove yourself, leave the group")
-    accounts = await _accounts(tx, list(dict.fromkeys(numbers)))
-    current = await _members(tx, group.id)
-    _require_all_members(accounts, current)
+    accounts, _ = await _named_members(tx, group.id, numbers)
     return await _change(
         tx, group, gid, actor, "removed", list(accounts), now_ms, drop=list(accounts.values())
     )
@@ -318,11 +314,8 @@ async def set_role(
     tx: Tx, actor: Sender, gid: bytes, numbers: list[str], role: Role, now_ms: int
 ) -> GroupResult:
     """Admins: promote members or demote admins; a group always keeps an admin."""
-    group = await _group(tx, gid, lock=UPDATE)
-    await _require_admin(tx, group.id, actor.account_id)
-    accounts = await _accounts(tx, list(dict.fromkeys(numbers)))
-    current = await _members(tx, group.id)
-    _require_all_members(accounts, current)
+    group = await _as_admin(tx, actor, gid)
+    accounts, current = await _named_members(tx, group.id, numbers)
     changed = {n: a for n, a in accounts.items() if current[a] != role}
     if not changed:
         return GroupResult(await _view(tx, gid, group, admin=True), [])
@@ -374,8 +367,7 @@ async def set_settings(
     tx: Tx, actor: Sender, gid: bytes, settings: GroupSettings, now_ms: int
 ) -> GroupResult:
     """Admins: change who may send and edit, and whether link joins need approval."""
-    group = await _group(tx, gid, lock=UPDATE)
-    await _require_admin(tx, group.id, actor.account_id)
+    group = await _as_admin(tx, actor, gid)
     if settings == group.settings:
         return GroupResult(await _view(tx, gid, group, admin=True), [])
     await tx.execute(
@@ -390,8 +382,7 @@ async def set_settings(
 
 async def set_invite(tx: Tx, actor: Sender, gid: bytes, token: str | None) -> None:
     """Admins: replace the group's invite link token (None: no link)."""
-    group = await _group(tx, gid, lock=UPDATE)
-    await _require_admin(tx, group.id, actor.account_id)
+    group = await _as_admin(tx, actor, gid)
     digest = None if token is None else _token_digest(token)
     await tx.execute("UPDATE groups SET invite = ? WHERE id = ?", digest, group.id)
 
@@ -442,8 +433,7 @@ async def answer(
     now_ms: int,
 ) -> GroupResult:
     """Admins: approve (add) or deny join requests."""
-    group = await _group(tx, gid, lock=UPDATE)
-    await _require_admin(tx, group.id, actor.account_id)
+    group = await _as_admin(tx, actor, gid)
     accounts = await _accounts(tx, list(dict.fromkeys(numbers)))
     waiting = {
         int(r[0])
@@ -591,15 +581,24 @@ async def _require_member(tx: Tx, group_id: int, account_id: int) -> Role:
     return role
 
 
-async def _require_admin(tx: Tx, group_id: int, account_id: int) -> None:
-    if await _require_member(tx, group_id, account_id) != ADMIN:
+async def _as_admin(tx: Tx, actor: Sender, gid: bytes) -> _Group:
+    """The group, locked for a change, if the actor is one of its admins."""
+    group = await _group(tx, gid, lock=UPDATE)
+    if await _require_member(tx, group.id, actor.account_id) != ADMIN:
         raise ServiceError(ErrorCode.NOT_ALLOWED, "only the group's admins may do this")
+    return group
 
 
-def _require_all_members(accounts: dict[str, int], current: dict[int, Role]) -> None:
+async def _named_members(
+    tx: Tx, group_id: int, numbers: list[str]
+) -> tuple[dict[str, int], dict[int, Role]]:
+    """The accounts of these numbers, all of which must be members, and every member's role."""
+    accounts = await _accounts(tx, list(dict.fromkeys(numbers)))
+    current = await _members(tx, group_id)
     strangers = [n for n, a in accounts.items() if a not in current]
     if strangers:
         raise ServiceError(ErrorCode.NOT_A_MEMBER, f"not in the group: {', '.join(strangers)}")
+    return accounts, current
 
 
 async def _view(tx: Tx, gid: bytes, group: _Group, *, admin: bool) -> GroupView:
