@@ -67,7 +67,34 @@ class GroupState(_Content, tag="group_state", frozen=True, kw_only=True):
     description: str = ""
 
 
-Content = Text | Receipt | Typing | GroupKey | GroupState
+class Media(_Content, tag="media", frozen=True, kw_only=True):
+    """A file, photo, video or voice note: where its encrypted blob is and how to open it.
+
+    The blob at `media` is crypto.media's secretstream ciphertext under `key`;
+    the receiver checks its length and `sha256`, and after decrypting, the
+    plaintext's `size` and `plain_sha256`, before it keeps a byte.
+    """
+
+    id: str
+    ts: int
+    kind: Literal["file", "image", "video", "audio", "voice"]
+    media: str  # the blob's hex id on the sender's server
+    key: str  # base64 secretstream key, fresh for this file
+    sha256: str  # hex SHA-256 of the ciphertext blob
+    enc_size: int  # bytes of the ciphertext blob
+    plain_sha256: str  # hex SHA-256 of the file as sent
+    size: int  # bytes of the file as sent
+    mime: str
+    name: str = ""
+    caption: str = ""
+    width: int = 0  # images and videos
+    height: int = 0
+    duration_ms: int = 0  # videos, audio and voice notes
+    thumbnail: str = ""  # base64 JPEG, a few KiB, for images and videos
+    waveform: list[int] = []  # voice notes: 64 loudness points, 0-255
+
+
+Content = Text | Receipt | Typing | GroupKey | GroupState | Media
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Content)

@@ -35,6 +35,10 @@ class ErrorCode(StrEnum):
     GROUP_EXISTS = "group_exists"  # the gid is taken by a group someone else created
     GROUP_DEVICES_CHANGED = "group_devices_changed"  # fetch group_devices, share keys again
     INVALID_LINK = "invalid_link"  # unknown or revoked invite link
+    MEDIA_TOO_LARGE = "media_too_large"  # above the server's max_media_bytes
+    QUOTA_EXCEEDED = "quota_exceeded"  # the account's stored media would pass its quota
+    UNKNOWN_MEDIA = "unknown_media"  # no such blob, expired, or not complete yet
+    INVALID_TOKEN = "invalid_token"  # a media token that is forged, expired or for another blob
     UNAVAILABLE = "unavailable"  # storage is down: nothing was stored, retry later
     INTERNAL = "internal"
 

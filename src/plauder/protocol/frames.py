@@ -329,6 +329,28 @@ class GroupSend(_Frame, tag="group_send", frozen=True, kw_only=True):
     kind: Literal["message", "state"] = "message"
 
 
+class MediaUpload(_Frame, tag="media_upload", frozen=True, kw_only=True):
+    """Reserve a new blob of `size` ciphertext bytes; or, with `media`, resume that upload.
+
+    The answer is a `media_token` for `PUT /media/<media>`, or an error
+    (`media_too_large`, `quota_exceeded`, `rate_limited`) before any byte moves.
+    """
+
+    id: int
+    size: int
+    media: str = ""  # an upload of this device's to resume (hex id)
+
+
+class MediaDownload(_Frame, tag="media_download", frozen=True, kw_only=True):
+    """A token to read a complete blob with `GET /media/<media>` (`unknown_media` if none)."""
+
+    id: int
+    media: str
+
+
+MediaRequest = MediaUpload | MediaDownload
+
+
 GroupRequest = (
     GroupCreate
     | GetGroup
@@ -358,6 +380,7 @@ ClientFrame = (
     | WatchPresence
     | Ping
     | GroupRequest
+    | MediaRequest
 )
 
 
@@ -504,6 +527,21 @@ class GroupDeviceList(_Frame, tag="group_device_list", frozen=True, kw_only=True
     members: list[MemberDevices]
 
 
+class MediaToken(_Frame, tag="media_token", frozen=True, kw_only=True):
+    """A short-lived bearer token for one blob's HTTP upload or download.
+
+    `offset` is how many bytes the server holds already (an upload resumes
+    there); `expires` is the token's end in server milliseconds.
+    """
+
+    id: int
+    media: str  # hex id, the last part of the URL path /media/<media>
+    token: str
+    size: int
+    offset: int = 0
+    expires: int
+
+
 ServerFrame = (
     Welcome
     | Ok
@@ -522,4 +560,5 @@ ServerFrame = (
     | GroupLink
     | JoinRequested
     | GroupDeviceList
+    | MediaToken
 )
