@@ -101,6 +101,17 @@ def test_limits_announced_to_clients_follow_the_config() -> None:
     assert limits.keys_low_threshold == 3
 
 
+def test_media_options() -> None:
+    config = load_config({"max_media_bytes": "5000", "media_dir": "/srv/blobs"}, env={})
+    assert config.limits.max_media_bytes == 5000  # announced to clients
+    assert config.media_path == Path("/srv/blobs")
+    assert load_config({"data": "d"}, env={}).media_path == Path("d") / "media"
+    assert Config().max_media_bytes == 100 * 1024 * 1024
+    assert load_config({"max_media_bytes": str(2 * 1024**3)}, env={}).max_media_bytes > 0
+    with pytest.raises(ConfigError, match="max_media_bytes"):
+        load_config({"max_media_bytes": str(2 * 1024**3 + 1)}, env={})
+
+
 # --- bad values -------------------------------------------------------------------------
 
 
@@ -120,6 +131,9 @@ def test_limits_announced_to_clients_follow_the_config() -> None:
         ("sqlite_synchronous", "off"),
         ("auth_timeout_seconds", "0"),
         ("sweep_interval_seconds", "-1"),
+        ("media_quota_bytes", "0"),
+        ("media_token_seconds", "0"),
+        ("media_retention_days", "0"),
     ],
 )
 def test_bad_values_name_the_option(name: str, value: str) -> None:

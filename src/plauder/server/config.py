@@ -53,6 +53,13 @@ class Config:
     envelope_ttl_days: int = 30
     dedup_ttl_days: int = 30  # how long a send's cmid is remembered against repeats
     sweep_interval_seconds: float = 3600.0
+    # media: encrypted blobs uploaded and downloaded over HTTP
+    max_media_bytes: int = 100 * 1024 * 1024  # ciphertext bytes of one blob (at most 2 GiB)
+    media_quota_bytes: int = 2 * 1024**3  # bytes of unexpired blobs an account may hold
+    media_uploads_per_hour: int = 60  # new uploads per account
+    media_retention_days: int = 30  # a complete blob is deleted this long after its upload
+    media_token_seconds: int = 600  # lifetime of an upload or download token
+    media_dir: str = ""  # where blobs are stored; default data/media (shared in a cluster)
     # storage: SQLite in the data folder unless a postgresql:// URL is given
     database: str = ""
     db_pool_size: int = 8  # PostgreSQL connections per process
@@ -82,12 +89,18 @@ class Config:
             max_keys_per_upload=self.max_keys_per_upload,
             keys_low_threshold=self.keys_low_threshold,
             max_group_members=self.max_group_members,
+            max_media_bytes=self.max_media_bytes,
         )
 
     @property
     def database_path(self) -> Path:
         """The SQLite database file inside the data folder."""
         return self.data / "plauder.db"
+
+    @property
+    def media_path(self) -> Path:
+        """The folder of media blobs (every node of a cluster must share it)."""
+        return Path(self.media_dir) if self.media_dir else self.data / "media"
 
     @property
     def secret_path(self) -> Path:
@@ -134,7 +147,14 @@ _POSITIVE = (
     "db_pool_size",
     "workers",
     "resync_seconds",
+    "max_media_bytes",
+    "media_quota_bytes",
+    "media_uploads_per_hour",
+    "media_retention_days",
+    "media_token_seconds",
 )
+
+MAX_MEDIA_BYTES = 2 * 1024**3  # the largest blob a server may allow
 
 
 def option_names() -> list[str]:
@@ -212,6 +232,8 @@ def _validate(config: Config) -> None:
     for name in _POSITIVE:
         if not getattr(config, name) > 0:
             raise ConfigError(f"option {name} must be positive")
+    if config.max_media_bytes > MAX_MEDIA_BYTES:
+        raise ConfigError(f"option max_media_bytes must be at most {MAX_MEDIA_BYTES} (2 GiB)")
     if not 0 <= config.drain_seconds <= 600:
         raise ConfigError("option drain_seconds must be between 0 and 600")
     if not 0 <= config.commit_gather_ms <= 50:
