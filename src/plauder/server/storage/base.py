@@ -125,7 +125,7 @@ class Store(Protocol):
     async def run(
         self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, write: bool = True
     ) -> T:
-        """Run one operation of storage/groups.py atomically (`fn(tx, *args)`)."""
+        """Run one operation of storage/groups.py or media.py atomically (`fn(tx, *args)`)."""
         ...
 
     # accounts and verification codes

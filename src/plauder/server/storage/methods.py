@@ -34,7 +34,7 @@ class SharedMethods:
     async def run(
         self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, write: bool = True
     ) -> T:
-        """Run one operation of storage/groups.py atomically (`fn(tx, *args)`)."""
+        """Run one operation of storage/groups.py or media.py atomically (`fn(tx, *args)`)."""
         return await self._query(fn, *args, write=write)
 
     async def claim_setting(self, name: str, value: str) -> str:

@@ -112,6 +112,22 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX group_messages_by_ts ON group_messages (ts)",
         "ALTER TABLE envelopes ADD COLUMN message_id BIGINT",
     ],
+    [
+        # media blobs: the ciphertext lives in the blob store, named by id; a row is
+        # dead once `expires` passed (an unfinished upload a day after it was reserved,
+        # a complete blob media_retention_days after it was completed)
+        """CREATE TABLE media (
+            id TEXT PRIMARY KEY,
+            account BIGINT NOT NULL,
+            device BIGINT NOT NULL,
+            size BIGINT NOT NULL,
+            created BIGINT NOT NULL,
+            expires BIGINT NOT NULL,
+            completed BIGINT
+        )""",
+        "CREATE INDEX media_by_account ON media (account, created)",
+        "CREATE INDEX media_by_expires ON media (expires)",
+    ],
 ]
 
 # Envelope ids are handed out by the server in commit order (storage/sqlite_sends.py), so
