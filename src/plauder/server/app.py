@@ -18,12 +18,16 @@ from plauder.clock import Clock, SystemClock
 from plauder.errors import PlauderError
 from plauder.server import http, logs, workers
 from plauder.server.accounts import Accounts, code_limit
+from plauder.server.blobs import BlobStore, DiskBlobStore
 from plauder.server.cluster import RedisLimiter, RedisLink, RedisPresence, RedisRouter
 from plauder.server.config import Config, ConfigError
 from plauder.server.errors import StorageError
 from plauder.server.gateway import Gateway
 from plauder.server.groups import Groups
 from plauder.server.keys import Keys
+from plauder.server.media import MediaService
+from plauder.server.media_http import MediaHttp
+from plauder.server.media_tokens import MediaTokens
 from plauder.server.messages import Messages
 from plauder.server.metrics import Metrics
 from plauder.server.presence import LocalBoard, PresenceBoard, PresenceService
@@ -65,6 +69,10 @@ class Server:
             board = LocalBoard()
             per_number = KeyedLimiter(self.clock, *code_limit(config))
         self.presence = PresenceService(self.store, self.clock, board)
+        self.blobs: BlobStore = DiskBlobStore(config.media_path)
+        self.media = MediaService(
+            self.store, self.blobs, MediaTokens(self.secret), self.clock, config, self.metrics
+        )
         self.gateway = Gateway(
             config=config,
             clock=self.clock,
@@ -74,12 +82,14 @@ class Server:
             keys=Keys(self.store, config),
             messages=Messages(self.store, self.router, self.clock, config, self.metrics),
             groups=Groups(self.store, self.router, self.clock, config, self.metrics),
+            media=self.media,
             presence=self.presence,
             metrics=self.metrics,
         )
         self.app = web.Application()
         self.app.router.add_get("/v1/ws", self.gateway.handle)
         self.app.add_routes(http.routes(self.metrics, self._store_metrics, self._health))
+        self.app.add_routes(MediaHttp(self.media, self.metrics).routes())
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.port = 0
@@ -95,6 +105,7 @@ class Server:
     async def start(self) -> None:
         """Open storage and start listening."""
         await self.store.start()
+        await self.blobs.start()
         if self.link is not None:
             await self.link.start()
         await self.router.start()
@@ -152,6 +163,7 @@ class Server:
         if self.link is not None:
             await self.link.close()
         await self.sender.close()
+        await self.blobs.close()
         await self.store.close()
 
     async def _sweep_forever(self) -> None:
@@ -164,6 +176,12 @@ class Server:
                     log.info("swept %d expired envelopes", n)
             except StorageError as exc:
                 log.warning("sweep failed: %s", exc)
+            try:
+                n = await self.media.sweep()
+                if n:
+                    log.info("swept %d expired media", n)
+            except (StorageError, OSError) as exc:
+                log.warning("media sweep failed: %s", type(exc).__name__)
             await asyncio.sleep(self.config.sweep_interval_seconds)
 
 

@@ -42,6 +42,7 @@ from plauder.server.errors import ServiceError, StorageError
 from plauder.server.framing import BatchedWriter
 from plauder.server.groups import GROUP_FRAMES, Groups
 from plauder.server.keys import Keys
+from plauder.server.media import MEDIA_FRAMES, MediaService
 from plauder.server.messages import Messages
 from plauder.server.metrics import Metrics
 from plauder.server.presence import PresenceService
@@ -79,6 +80,7 @@ class Gateway:
         keys: Keys,
         messages: Messages,
         groups: Groups,
+        media: MediaService,
         presence: PresenceService,
         metrics: Metrics,
     ) -> None:
@@ -90,6 +92,7 @@ class Gateway:
         self.keys = keys
         self.messages = messages
         self.groups = groups
+        self.media = media
         self.presence = presence
         self.metrics = metrics
         self.connections: set[Connection] = set()
@@ -370,6 +373,8 @@ class Connection:
                 answer, low = await gw.groups.handle(frame, sender, self.group_claims.take)
                 await self.send(answer)
                 await gw.push_keys_low(low)
+            case _ if isinstance(frame, MEDIA_FRAMES):
+                await self.send(await gw.media.handle(frame, sender))
             case _:
                 raise ServiceError(ErrorCode.INVALID_REQUEST, "not allowed here")
 

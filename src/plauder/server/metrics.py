@@ -16,6 +16,10 @@ class Metrics:
     envelopes_pushed: int = 0
     envelopes_acked: int = 0
     group_envelopes_queued: int = 0
+    media_uploads_reserved: int = 0
+    media_blobs_stored: int = 0  # uploads completed
+    media_bytes_uploaded: int = 0
+    media_bytes_downloaded: int = 0
 
     def render(self, extra: dict[str, int]) -> str:
         """Prometheus text exposition of all counters."""
