@@ -21,7 +21,8 @@ run: $(STAMP)
 # PostgreSQL + Redis (the tests start both themselves; `.ci/run` installs them). The CLI
 # tests are not rerun: they test the command line, whose storage paths the others cover.
 BACKEND_TESTS := tests/integration tests/unit/test_server_services.py tests/unit/test_feed.py \
-	--ignore=tests/integration/test_cli.py --ignore=tests/integration/test_groups_cli.py
+	--ignore=tests/integration/test_cli.py --ignore=tests/integration/test_groups_cli.py \
+	--ignore=tests/integration/test_media_cli.py
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -5,13 +5,23 @@ import asyncio
 import contextlib
 import functools
 import os
+from pathlib import Path
 from typing import Any
 
 import segno
 
-from plauder.cli import groups
+from plauder.cli import groups, media
 from plauder.cli.output import Printer, fail
-from plauder.client import BadServerUrl, Client, ClientError, UnknownGroup
+from plauder.client import (
+    BadServerUrl,
+    Chat,
+    Client,
+    ClientError,
+    Event,
+    Group,
+    MessageReceived,
+    UnknownGroup,
+)
 from plauder.client.servers import parse_servers
 
 
@@ -32,10 +42,22 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("code")
     p.set_defaults(run=verify)
 
-    p = add("send", help="send an end-to-end encrypted message to a contact or a group")
-    p.add_argument("-m", "--message", required=True, help="the text")
+    p = add(
+        "send",
+        help="send an end-to-end encrypted message, file or voice note to a contact or a group",
+    )
+    p.add_argument("-m", "--message", help="the text")
     p.add_argument("recipient", nargs="?", help="the recipient's number")
     p.add_argument("--group", metavar="GROUP", help="send to a group (by name or id) instead")
+    p.add_argument("--attach", type=Path, metavar="FILE", help="send a file, photo or video")
+    p.add_argument("--caption", default="", help="a caption for the file")
+    p.add_argument(
+        "--keep-metadata",
+        action="store_true",
+        help="keep a photo's EXIF data (camera, GPS position); removed by default",
+    )
+    p.add_argument("--voice", type=Path, metavar="AUDIO", help="send an audio file as a voice note")
+    p.add_argument("--low-data", action="store_true", help="a smaller voice note, for mobile data")
     p.set_defaults(run=send)
 
     p = add(
@@ -46,6 +68,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--timeout", type=float, help="keep receiving this many seconds")
     p.add_argument("--follow", action="store_true", help="keep receiving until interrupted")
+    p.add_argument(
+        "--download-dir",
+        type=Path,
+        metavar="DIR",
+        help="download, decrypt and check every received file into DIR",
+    )
     p.set_defaults(run=receive)
 
     p = add("mark-read", help="mark a chat read and send read receipts")
@@ -99,6 +127,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     ):
         sub.choices[name].set_defaults(is_async=True)
     groups.add_parsers(sub, common, _client)
+    media.add_parsers(sub, common, _client)
 
 
 def _is_number(text: str) -> bool:
@@ -153,19 +182,26 @@ async def verify(args: argparse.Namespace) -> int:
 
 
 async def send(args: argparse.Namespace) -> int:
-    """Send one text message and wait for the server's tick."""
+    """Send one text, file or voice note and wait for the server's tick."""
     if bool(args.recipient) == bool(args.group):
         raise ClientError("say whom to send to: a number, or --group NAME")
+    chosen = [x for x in (args.message, args.attach, args.voice) if x is not None]
+    if len(chosen) != 1:
+        raise ClientError("say what to send: -m TEXT, --attach FILE or --voice AUDIO (one)")
     client = _client(args)
     try:
         await client.start(receive=False)
+        target: Chat | Group
         if args.group:
-            group = await groups.find(client, args.group)
-            mid = await group.send(args.message)
-            to, fields = f"[{group.name or group.gid}]", {"group": group.gid}
+            target = await groups.find(client, args.group)
+            to, fields = f"[{target.name or target.gid}]", {"group": target.gid}
         else:
-            mid = await client.send_text(args.recipient, args.message)
+            target = client.chat(args.recipient)
             to, fields = args.recipient, {"recipient": args.recipient}
+        if args.message is not None:
+            mid = await target.send_text(args.message)
+        else:
+            mid = await media.send(args, target)
     finally:
         await client.close()
     Printer(args.json).emit("sent", f"✓ sent to {to} ({mid})", id=mid, **fields)
@@ -176,17 +212,23 @@ async def receive(args: argparse.Namespace) -> int:
     """Print events until the queue is empty (or the timeout, or for ever)."""
     client = _client(args)
     out = Printer(args.json, group_name=functools.partial(_group_name, client))
+
+    async def show(ev: Event) -> None:
+        out.event(ev)
+        if args.download_dir is not None and isinstance(ev, MessageReceived) and ev.media:
+            await media.save(ev.media, args.download_dir, out)
+
     try:
         await client.start(receive=True)
         if args.follow or args.timeout:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(None if args.follow else args.timeout):
                     async for ev in client.events():
-                        out.event(ev)
+                        await show(ev)
         else:
             await client.wait_idle(timeout=120.0)
         for ev in client.pending_events():
-            out.event(ev)
+            await show(ev)
     finally:
         await client.close()
     return 0

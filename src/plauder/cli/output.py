@@ -18,6 +18,7 @@ from plauder.client import (
     TypingChanged,
 )
 from plauder.client.store import HistoryEntry
+from plauder.protocol.content import Media
 
 TICKS = {"pending": "…", "sent": "✓", "delivered": "✓✓", "read": "✓✓ read", "failed": "✗ failed"}
 
@@ -54,15 +55,18 @@ class Printer:
         match ev:
             case MessageReceived():
                 where = self._where(ev.group, ev.group_name)
+                media = ev.media.content if ev.media is not None else None
+                text = ev.body if media is None else describe(media)
                 self.emit(
                     "message",
-                    f"[{when(ev.server_ts)}] {where}{ev.sender}: {ev.body}",
+                    f"[{when(ev.server_ts)}] {where}{ev.sender}: {text}",
                     id=ev.id,
                     sender=ev.sender,
                     body=ev.body,
                     ts=ev.ts,
                     server_ts=ev.server_ts,
                     **({"group": ev.group, "group_name": ev.group_name} if ev.group else {}),
+                    **({"media": media_fields(media)} if media is not None else {}),
                 )
             case ReceiptReceived():
                 verb = "read by" if ev.status == "read" else "delivered to"
@@ -113,9 +117,12 @@ class Printer:
         for e in entries:
             who = "you" if e.outgoing else e.sender or "—"
             tick = f"  {TICKS.get(e.status, '')}" if e.outgoing else ""
+            text = e.body if e.media is None else describe(e.media)
+            if e.media_path:
+                text += f" → {e.media_path}"
             self.emit(
                 "history",
-                f"[{when(e.server_ts or e.ts)}] {who}: {e.body}{tick}",
+                f"[{when(e.server_ts or e.ts)}] {who}: {text}{tick}",
                 id=e.id,
                 chat=e.chat,
                 outgoing=e.outgoing,
@@ -124,7 +131,58 @@ class Printer:
                 ts=e.ts,
                 server_ts=e.server_ts,
                 status=e.status,
+                **({"media": media_fields(e.media, e.media_path)} if e.media else {}),
             )
+
+
+def human_size(n: int) -> str:
+    """A byte count in human units: 912 B, 1.4 MB, 2.0 GB."""
+    size = float(n)
+    for unit in ("B", "kB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def _duration(ms: int) -> str:
+    seconds = round(ms / 1000)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def describe(media: Media) -> str:
+    """A file message in one line: kind, name, size, dimensions or length, caption."""
+    if media.kind == "voice":
+        text = f"🎤 voice note {_duration(media.duration_ms)} ({human_size(media.size)})"
+    else:
+        icon = {"image": "🖼", "video": "🎬", "audio": "🎵"}.get(media.kind, "📎")
+        facts = [media.mime, human_size(media.size)]
+        if media.width and media.height:
+            facts.append(f"{media.width}x{media.height}")
+        if media.duration_ms:
+            facts.append(_duration(media.duration_ms))
+        text = f"{icon} {media.name or media.kind} ({', '.join(facts)})"
+    if media.caption:
+        text += f" “{media.caption}”"
+    return text
+
+
+def media_fields(media: Media, path: str | None = None) -> dict[str, Any]:
+    """A file message's description for JSON output (without its key)."""
+    fields: dict[str, Any] = {
+        "kind": media.kind,
+        "name": media.name,
+        "mime": media.mime,
+        "size": media.size,
+        "caption": media.caption,
+    }
+    if media.width:
+        fields.update(width=media.width, height=media.height)
+    if media.duration_ms:
+        fields["duration_ms"] = media.duration_ms
+    if path:
+        fields["path"] = path
+    return fields
 
 
 def fail(message: str) -> None:

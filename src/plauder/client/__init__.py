@@ -1,5 +1,6 @@
 """The async SDK: `Client` and the events and errors it produces."""
 
+from plauder.client.chat import Chat
 from plauder.client.client import Client
 from plauder.client.errors import (
     BadServerUrl,
@@ -23,11 +24,15 @@ from plauder.client.events import (
     TypingChanged,
 )
 from plauder.client.groups import Group, Groups, receipt_summary
+from plauder.client.media import Attachment, MediaFileError
+from plauder.client.media_transfer import TransferFailed
 from plauder.client.store import HistoryEntry
 from plauder.protocol.frames import GroupSettings
 
 __all__ = [
+    "Attachment",
     "BadServerUrl",
+    "Chat",
     "Client",
     "ClientError",
     "ConnectionLost",
@@ -39,12 +44,14 @@ __all__ = [
     "Groups",
     "HistoryEntry",
     "IdentityChanged",
+    "MediaFileError",
     "MessageReceived",
     "NotConnected",
     "NotRegistered",
     "PresenceChanged",
     "ReceiptReceived",
     "ServerError",
+    "TransferFailed",
     "TypingChanged",
     "UnknownContact",
     "UnknownGroup",

@@ -8,7 +8,8 @@ The parts, each built once here and handed what it needs:
 - `Contacts` (contacts.py): contacts' verified device lists, trust on first use;
 - `Outbox` (outbox.py): encrypting, queueing and transmitting sends;
 - `Inbox` (inbox.py): processing pushes, storing messages, acknowledging them;
-- `Groups` (groups.py, with group_*.py): end-to-end encrypted groups.
+- `Groups` (groups.py, with group_*.py): end-to-end encrypted groups;
+- `MediaService` (media.py, media_transfer.py): files, photos and voice notes.
 """
 
 import asyncio
@@ -17,6 +18,7 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from plauder.client.chat import Chat, ChatParts
 from plauder.client.connection import next_request_id
 from plauder.client.contacts import Contacts
 from plauder.client.contacts import normalize as _normalize
@@ -32,6 +34,8 @@ from plauder.client.inbox import Inbox
 from plauder.client.keyfile import open_cipher
 from plauder.client.keys import ONE_TIME_KEYS, Keys
 from plauder.client.link import Link
+from plauder.client.media import Attachment, MediaFileError, MediaService
+from plauder.client.media_transfer import MediaTransfer, Progress
 from plauder.client.outbox import Outbox
 from plauder.client.profile import Profile
 from plauder.client.servers import ServerOrder
@@ -45,7 +49,7 @@ from plauder.crypto import (
     safety_number,
     safety_qr_payload,
 )
-from plauder.protocol.content import Receipt, Text, Typing, encode_content
+from plauder.protocol.content import Receipt, Typing, encode_content
 from plauder.protocol.frames import (
     ClientFrame,
     Registered,
@@ -117,6 +121,8 @@ class Client:
         self._outbox = Outbox(
             self._profile, self._keys, self._contacts, self._link, self.clock, background, sender
         )
+        self.media = MediaService(self.store, MediaTransfer(self._link), profile_dir / "media")
+        """Uploads and downloads of files, and where downloads go by default."""
         self._inbox = Inbox(
             self._profile,
             self._keys,
@@ -136,13 +142,24 @@ class Client:
                 self._contacts,
                 self._link,
                 welcome=self._welcome_joiner,
+                attach=self.media.attachment,
             ),
             group_keys=group_keys,
+            attach=self.media.attachment,
         )
         self.groups = Groups(
-            GroupParts(self.number, self.store, self._book, self._link, self._outbox, self.clock)
+            GroupParts(
+                self.number,
+                self.store,
+                self._book,
+                self._link,
+                self._outbox,
+                self.clock,
+                self.media,
+            )
         )
         """The account's end-to-end encrypted groups."""
+        self._chat_parts = ChatParts(self.store, self._outbox, self.media, self.clock)
         self._runner: asyncio.Task[None] | None = None
         self._processor: asyncio.Task[None] | None = None
         self._closed = False
@@ -331,16 +348,62 @@ class Client:
 
     # --- sending -------------------------------------------------------------------------
 
+    def chat(self, number: str) -> Chat:
+        """The conversation with a contact: send texts, files and voice notes to them."""
+        return Chat(self._chat_parts, _normalize(number))
+
     async def send_text(self, number: str, text: str, *, timeout: float = 60.0) -> str:
         """Encrypt and send a text; returns its message id once the server stored it."""
-        peer = _normalize(number)
-        cmid = secrets.token_bytes(16)
-        mid = cmid.hex()
-        now = self.clock.now_ms()
-        content = encode_content(Text(id=mid, ts=now, body=text))
-        entry = await self._outbox.queue(peer, cmid, content, message=(mid, text, now))
-        await self._outbox.await_sent(entry, timeout)
-        return mid
+        return await self.chat(number).send_text(text, timeout=timeout)
+
+    async def send_file(
+        self,
+        number: str,
+        path: Path | str,
+        *,
+        caption: str = "",
+        keep_metadata: bool = False,
+        progress: Progress | None = None,
+    ) -> str:
+        """Encrypt, upload and send a file, photo or video; returns its message id."""
+        return await self.chat(number).send_file(
+            path, caption=caption, keep_metadata=keep_metadata, progress=progress
+        )
+
+    async def send_voice(
+        self,
+        number: str,
+        path: Path | str,
+        *,
+        low_data: bool = False,
+        progress: Progress | None = None,
+    ) -> str:
+        """Send any audio file as an Opus voice note; returns its message id."""
+        return await self.chat(number).send_voice(path, low_data=low_data, progress=progress)
+
+    def find_media(self, message_id: str) -> list[Attachment]:
+        """The files of the messages whose id starts with `message_id`, sent or received."""
+        return [
+            self.media.attachment(sender, content.id, content)
+            for sender, content, _ in self.store.media(message_id)
+        ]
+
+    async def download(
+        self,
+        message_id: str,
+        to: Path | str | None = None,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Fetch, decrypt and verify a message's file; returns where it was saved.
+
+        `message_id` may be a unique prefix. Raises MediaFileError when no
+        message or several match.
+        """
+        found = self.find_media(message_id)
+        if len(found) != 1:
+            what = "no message" if not found else f"{len(found)} messages"
+            raise MediaFileError(f"{what} with a file match {message_id!r}")
+        return await found[0].download(to, progress)
 
     async def mark_read(self, number: str) -> list[str]:
         """Mark a chat's received messages read and tell the sender; returns their ids."""

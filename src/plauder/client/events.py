@@ -1,11 +1,19 @@
 """Events the SDK emits to applications."""
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from plauder.client.media import Attachment, MediaFileError
+from plauder.client.media_transfer import Progress
 
 
 @dataclass(frozen=True, slots=True)
 class MessageReceived:
-    """A new text message from a contact, or from a member of a group."""
+    """A new message from a contact, or from a member of a group: a text or a file.
+
+    For a file, photo, video or voice note, `media` describes it and `body` is
+    its caption; `download()` fetches it.
+    """
 
     id: str
     sender: str
@@ -14,6 +22,20 @@ class MessageReceived:
     server_ts: int
     group: str = ""  # the group's gid in hex; "" for a message between two people
     group_name: str = ""
+    media: Attachment | None = None
+
+    async def download(
+        self, to: Path | str | None = None, progress: Progress | None = None
+    ) -> Path:
+        """Fetch, decrypt and verify the message's file; save it in (or as) `to`; return its path.
+
+        Raises MediaFileError for a message without a file, plauder.crypto.media's
+        MediaError for a blob that fails the checks, and ServerError
+        unknown_media for one that expired.
+        """
+        if self.media is None:
+            raise MediaFileError(f"message {self.id} carries no file")
+        return await self.media.download(to, progress)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from plauder.client.group_rights import Act, doing, member_may, refusal
 from plauder.client.group_store import GroupRecord, WaitingMessage
 from plauder.client.keys import Keys
 from plauder.client.link import Link
+from plauder.client.media import Attachment
 from plauder.client.profile import Profile
 from plauder.client.store import STATUS_RANK
 from plauder.crypto import (
@@ -29,7 +30,7 @@ from plauder.crypto import (
     UnknownGroupSession,
     UntrustedDevice,
 )
-from plauder.protocol.content import GroupKey, GroupState, Receipt, Text, decode_content
+from plauder.protocol.content import GroupKey, GroupState, Media, Receipt, Text, decode_content
 from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import DeviceKeys, Envelope, GetGroup, GroupInfo, GroupNotice
 from plauder.protocol.groups import (
@@ -62,8 +63,10 @@ class GroupInbox:
         contacts: Contacts,
         link: Link,
         welcome: Callable[[str], None] = lambda gid: None,
+        attach: Callable[[str, str, Media], Attachment] | None = None,
     ) -> None:
         self._welcome = welcome
+        self._attach = attach
         self._number = profile.number
         self._store = profile.store
         self._keys = keys
@@ -239,7 +242,7 @@ class GroupInbox:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             reason = f"unreadable group message: {exc}"
             return [DecryptionError(message.sender, message.sender_device, reason)]
-        if isinstance(content, Text) and message.type == GROUP_MESSAGE:
+        if isinstance(content, Text | Media) and message.type == GROUP_MESSAGE:
             return self._text(message, content)
         if isinstance(content, GroupState) and message.type != GROUP_MESSAGE:
             event = self._book.apply_state(message.gid, message.sender, content, message.ts)
@@ -248,25 +251,32 @@ class GroupInbox:
         reason = f"group message refused: a {kind} document in an envelope of type {message.type}"
         return [DecryptionError(message.sender, message.sender_device, reason)]
 
-    def _text(self, message: WaitingMessage, text: Text) -> list[Event]:
+    def _text(self, message: WaitingMessage, text: Text | Media) -> list[Event]:
+        """A text or a file in a group: stored, and an event unless this account sent it."""
         own = message.sender == self._number  # sent by another device of this account
+        body = text.body if isinstance(text, Text) else text.caption
         added = self._store.add_message(
             id=text.id,
             chat=message.gid,
             outgoing=own,
             sender=message.sender,
-            body=text.body,
+            body=body,
             ts=text.ts,
             server_ts=message.ts,
             status="sent" if own else "received",
         )
+        if added and isinstance(text, Media):
+            self._store.put_media(message.sender, text.id, text)
         if not added or own:
             return []
         self._store.add_pending_receipt(message.sender, text.id, message.gid)
         name = self._book.record(message.gid).name
+        media = None
+        if isinstance(text, Media) and self._attach is not None:
+            media = self._attach(message.sender, text.id, text)
         return [
             MessageReceived(
-                text.id, message.sender, text.body, text.ts, message.ts, message.gid, name
+                text.id, message.sender, body, text.ts, message.ts, message.gid, name, media
             )
         ]
 

@@ -12,10 +12,12 @@ from plauder.client.errors import UnknownGroup
 from plauder.client.group_book import SYSTEM, GroupBook
 from plauder.client.group_store import GroupRecord
 from plauder.client.link import Link
+from plauder.client.media import MediaService
 from plauder.client.outbox import Outbox
+from plauder.client.sending import SEND_TIMEOUT, FileSending
 from plauder.client.store import STATUS_RANK, HistoryEntry, LocalStore
 from plauder.clock import Clock
-from plauder.protocol.content import Content, GroupState, Receipt, Text, encode_content
+from plauder.protocol.content import Content, GroupState, Media, Receipt, Text, encode_content
 from plauder.protocol.frames import (
     ClientFrame,
     GetGroup,
@@ -36,8 +38,6 @@ from plauder.protocol.frames import (
 )
 from plauder.protocol.groups import GID_BYTES, link, token_of
 
-SEND_TIMEOUT = 60.0
-
 
 @dataclass(frozen=True, slots=True)
 class GroupParts:
@@ -49,6 +49,7 @@ class GroupParts:
     link: Link
     outbox: Outbox
     clock: Clock
+    media: MediaService
 
     async def info(self, frame: ClientFrame) -> GroupRecord:
         """Make a request answered with `group_info` and take the answer's view."""
@@ -66,7 +67,8 @@ class GroupParts:
         timeout: float = SEND_TIMEOUT,
     ) -> None:
         """Queue a group send and wait until the server stored it."""
-        entry = self.outbox.queue_group(gid, cmid, encode_content(content), message)
+        media = content if isinstance(content, Media) else None
+        entry = self.outbox.queue_group(gid, cmid, encode_content(content), message, media)
         await self.outbox.await_sent(entry, timeout)
 
 
@@ -142,7 +144,7 @@ class Groups:
         return Group(parts, answer.gid.hex())
 
 
-class Group:
+class Group(FileSending):
     """One group; its properties read the local store each time, so they are always current."""
 
     def __init__(self, parts: GroupParts, gid: bytes | str) -> None:
@@ -209,6 +211,19 @@ class Group:
         content = Text(id=mid, ts=now, body=text)
         await self._parts.send(self.gid, content, cmid, (mid, text, now), timeout)
         return mid
+
+    async def send_text(self, text: str, *, timeout: float = SEND_TIMEOUT) -> str:
+        """The same as `send`, named as in `Chat`."""
+        return await self.send(text, timeout=timeout)
+
+    @property
+    def _media_parts(self) -> tuple[MediaService, Clock]:
+        return self._parts.media, self._parts.clock
+
+    async def _post(
+        self, cmid: bytes, content: Media, message: tuple[str, str, int], timeout: float
+    ) -> None:
+        await self._parts.send(self.gid, content, cmid, message, timeout)
 
     def history(self, limit: int = 50) -> list[HistoryEntry]:
         """The last messages and system lines (sender "") of the group, oldest first."""

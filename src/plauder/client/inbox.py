@@ -5,6 +5,7 @@ import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 
 import msgspec
 
@@ -23,6 +24,7 @@ from plauder.client.group_inbox import GroupInbox
 from plauder.client.group_keys import GroupKeys
 from plauder.client.keys import Keys
 from plauder.client.link import Link
+from plauder.client.media import Attachment
 from plauder.client.outbox import Outbox
 from plauder.client.profile import Profile
 from plauder.client.tasks import Background
@@ -31,6 +33,7 @@ from plauder.crypto import CryptoError, DecryptionFailed
 from plauder.protocol.content import (
     Content,
     GroupKey,
+    Media,
     Receipt,
     Text,
     Typing,
@@ -82,7 +85,9 @@ class Inbox:
         ack_delay: float,
         groups: GroupInbox,
         group_keys: GroupKeys,
+        attach: Callable[[str, str, Media], Attachment],
     ) -> None:
+        self._attach = attach
         self._number = profile.number
         self._store = profile.store
         self._keys = keys
@@ -299,38 +304,37 @@ class Inbox:
         if content.id is None:
             return []  # a signal of a newer kind (like typing): nothing to show
         body = f"[a {content.type} message this version cannot show: update plauder]"
+        return self._received(env, content.id, body, content.ts or env.ts)
+
+    def _received(
+        self, env: Envelope, mid: str, body: str, ts: int, media: Media | None = None
+    ) -> list[Event]:
+        """Store a text or file from a contact; an event unless it was here already."""
         added = self._store.add_message(
-            id=content.id,
+            id=mid,
             chat=env.sender,
             outgoing=False,
             sender=env.sender,
             body=body,
-            ts=content.ts or env.ts,
+            ts=ts,
             server_ts=env.ts,
             status="received",
         )
         if not added:
             return []
-        self._store.add_pending_receipt(env.sender, content.id)
-        return [MessageReceived(content.id, env.sender, body, content.ts or env.ts, env.ts)]
+        self._store.add_pending_receipt(env.sender, mid)
+        attachment = None
+        if media is not None:
+            self._store.put_media(env.sender, mid, media)
+            attachment = self._attach(env.sender, mid, media)
+        return [MessageReceived(mid, env.sender, body, ts, env.ts, media=attachment)]
 
     def _apply(self, env: Envelope, device: DeviceKeys, content: Content) -> list[Event]:
         match content:
             case Text():
-                added = self._store.add_message(
-                    id=content.id,
-                    chat=env.sender,
-                    outgoing=False,
-                    sender=env.sender,
-                    body=content.body,
-                    ts=content.ts,
-                    server_ts=env.ts,
-                    status="received",
-                )
-                if not added:
-                    return []
-                self._store.add_pending_receipt(env.sender, content.id)
-                return [MessageReceived(content.id, env.sender, content.body, content.ts, env.ts)]
+                return self._received(env, content.id, content.body, content.ts)
+            case Media():
+                return self._received(env, content.id, content.caption, content.ts, content)
             case Receipt() if content.group:
                 return self._groups.apply_receipt(env.sender, content)
             case Receipt():

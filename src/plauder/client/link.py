@@ -83,6 +83,11 @@ class Link:
         return self._server if self._conn is not None else None
 
     @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The HTTP session of the running client (None before start or after close)."""
+        return self._session
+
+    @property
     def closing(self) -> bool:
         """Whether the client is closing: no more reconnects."""
         return self._closing

@@ -26,6 +26,7 @@ IMAGE_MIME = {
 }
 # JPEG segments that describe how to show the pixels, not where or by whom they were taken
 _HARMLESS_SEGMENTS = (("APP0", b"JFIF\0"), ("APP2", b"ICC_PROFILE\0"), ("APP14", b"Adobe"))
+ORIENTATION = 0x0112  # the EXIF tag saying how to turn the stored pixels for display
 # what a clean copy keeps of Pillow's `info`: colour and animation, nothing else
 _KEPT_INFO = ("icc_profile", "transparency", "dpi", "duration", "loop", "background")
 # Pillow's errors for a file it cannot read (SyntaxError from some of its parsers)
@@ -45,12 +46,15 @@ class PreparedImage:
 
 
 def prepare_image(src: Path, dst: Path, *, keep_metadata: bool = False) -> PreparedImage:
-    """Strip a picture's metadata into `dst` (orientation applied) unless it has none.
+    """Strip a picture's metadata into `dst` unless it has none.
 
     A picture without metadata, or any picture with `keep_metadata`, is sent
-    as it is. A clean copy keeps the pixels: PNG and GIF losslessly, JPEG and
-    WebP re-encoded at quality 95. Raises UnreadableMedia for anything that is
-    not a JPEG, PNG, GIF or WebP picture Pillow can decode.
+    as it is. A clean copy keeps the pixels: a JPEG loses its metadata
+    segments and keeps its compressed data byte for byte (a turned photo keeps
+    an EXIF block with its orientation alone); PNG and GIF are rewritten
+    losslessly, turned upright; WebP is re-encoded at quality 95. Raises
+    UnreadableMedia for anything that is not a JPEG, PNG, GIF or WebP picture
+    Pillow can decode.
     """
     try:
         with Image.open(src) as img:
@@ -65,7 +69,11 @@ def prepare_image(src: Path, dst: Path, *, keep_metadata: bool = False) -> Prepa
             # an orientation is EXIF, so a turned picture always has metadata to strip
             if keep_metadata or not _has_metadata(img):
                 return PreparedImage(src, mime, width, height, thumbnail, rewritten=False)
-            clean = _clean_copy(img, upright, animated)
+            if img.format == "JPEG":
+                orientation = int(img.getexif().get(ORIENTATION, 1))
+                clean = strip_jpeg(src.read_bytes(), orientation)
+            else:
+                clean = _clean_copy(img, upright, animated)
     except _DECODE_ERRORS as exc:
         raise UnreadableMedia(f"{src.name} cannot be read as a picture: {exc}") from exc
     dst.write_bytes(clean)
@@ -109,6 +117,43 @@ def _flatten(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I"):  # 16- or 32-bit greyscale: scale to 8 bits
         image = image.convert("I").point(lambda v: v / 256).convert("L")
     return image.convert("RGB")
+
+
+def strip_jpeg(data: bytes, orientation: int = 1) -> bytes:
+    """A JPEG without its metadata segments, its compressed pixels unchanged.
+
+    Keeps JFIF, the colour profile and Adobe's colour transform; drops EXIF,
+    XMP, IPTC, comments and every other application segment. An orientation
+    other than 1 is kept in a new EXIF block holding nothing else.
+    """
+    if data[:2] != b"\xff\xd8":
+        raise UnreadableMedia("not a JPEG file")
+    out = bytearray(data[:2])
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[ORIENTATION] = orientation
+        block = exif.tobytes()
+        out += b"\xff\xe1" + (len(block) + 2).to_bytes(2, "big") + block
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            raise UnreadableMedia("a damaged JPEG: no marker where one belongs")
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        segment = data[at : at + 2 + length]
+        if marker == 0xDA:  # start of scan: the compressed pixels and the rest, as they are
+            out += data[at:]
+            return bytes(out)
+        name = f"APP{marker - 0xE0}" if 0xE0 <= marker <= 0xEF else ""
+        keep = not name and marker != 0xFE  # every non-APP segment but comments
+        keep = keep or any(name == m and segment[4:].startswith(p) for m, p in _HARMLESS_SEGMENTS)
+        if keep:
+            out += segment
+        at += 2 + length
+    raise UnreadableMedia("a damaged JPEG: it ends before its pixels")
 
 
 def _has_metadata(img: Image.Image) -> bool:

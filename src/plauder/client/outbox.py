@@ -24,6 +24,7 @@ from plauder.client.store import OutboxEntry
 from plauder.client.tasks import Background
 from plauder.clock import Clock
 from plauder.protocol import codec
+from plauder.protocol.content import Media
 from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import OutEnvelope, Send, Sent
 
@@ -66,11 +67,13 @@ class Outbox:
         content: bytes,
         message: tuple[str, str, int] | None = None,
         done_receipts: list[str] | None = None,
+        media: Media | None = None,
     ) -> OutboxEntry:
         """Encrypt for the peer's devices and store the send with the writes that go with it.
 
-        The sessions, the outbox entry, the pending message (id, text, ts) and the
-        receipts it carries land in one transaction, before anything is sent.
+        The sessions, the outbox entry, the pending message (id, text, ts), its
+        file's description and the receipts it carries land in one transaction,
+        before anything is sent.
         """
         async with self._keys.lock:
             envelopes = await self._encrypt(peer, content, refresh=False)
@@ -81,11 +84,16 @@ class Outbox:
                 self._store.put_outbox(entry, self._clock.now_ms())
                 if done_receipts:
                     self._store.clear_pending_receipts(peer, done_receipts)
-                self._add_pending(peer, message)
+                self._add_pending(peer, message, media)
         return entry
 
     def queue_group(
-        self, gid: str, cmid: bytes, content: bytes, message: tuple[str, str, int] | None
+        self,
+        gid: str,
+        cmid: bytes,
+        content: bytes,
+        message: tuple[str, str, int] | None,
+        media: Media | None = None,
     ) -> OutboxEntry:
         """Store a group send (and its pending message); it is encrypted when transmitted.
 
@@ -95,10 +103,12 @@ class Outbox:
         entry = OutboxEntry(cmid, gid, content, b"")
         with self._store.transaction():
             self._store.put_outbox(entry, self._clock.now_ms())
-            self._add_pending(gid, message)
+            self._add_pending(gid, message, media)
         return entry
 
-    def _add_pending(self, chat: str, message: tuple[str, str, int] | None) -> None:
+    def _add_pending(
+        self, chat: str, message: tuple[str, str, int] | None, media: Media | None = None
+    ) -> None:
         if message is not None:
             mid, text, ts = message
             self._store.add_message(
@@ -111,6 +121,8 @@ class Outbox:
                 server_ts=None,
                 status="pending",
             )
+            if media is not None:
+                self._store.put_media(self._number, mid, media)
 
     async def await_sent(self, entry: OutboxEntry, timeout: float) -> Sent:
         """Transmit a queued send; wait until the server stored it (NotConnected: still queued)."""

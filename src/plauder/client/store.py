@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plauder.crypto import StoreCipher
+from plauder.protocol.content import Media, decode_content, encode_content
 from plauder.protocol.frames import DeviceKeys
 
 SCHEMA = """
@@ -30,6 +31,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS seen (digest BLOB PRIMARY KEY, ts INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pending_receipts (
     peer TEXT NOT NULL, message_id TEXT NOT NULL, PRIMARY KEY (peer, message_id));
+CREATE TABLE IF NOT EXISTS media (
+    sender TEXT NOT NULL, id TEXT NOT NULL, descriptor BLOB NOT NULL, path TEXT,
+    PRIMARY KEY (sender, id));
 """
 
 STATUS_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3, "failed": -1}
@@ -47,6 +51,8 @@ class HistoryEntry:
     ts: int
     server_ts: int | None
     status: str
+    media: Media | None = None  # a file, photo or voice note; `body` is its caption
+    media_path: str | None = None  # where the file was saved, once downloaded or sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,9 +267,11 @@ class LocalStore:
 
         `by_time` suits groups, whose lines come from several senders and the server.
         """
-        order = "coalesce(server_ts, ts) DESC, seq DESC" if by_time else "seq DESC"
+        order = "coalesce(server_ts, m.ts) DESC, seq DESC" if by_time else "seq DESC"
         rows = self._db.execute(
-            "SELECT id, chat, outgoing, sender, body, ts, server_ts, status FROM messages "
+            "SELECT m.id, chat, outgoing, m.sender, body, ts, server_ts, status, "
+            "f.descriptor, f.path FROM messages m "
+            "LEFT JOIN media f ON f.sender = m.sender AND f.id = m.id "
             f"WHERE chat = ? ORDER BY {order} LIMIT ?",
             (chat, limit),
         ).fetchall()
@@ -277,9 +285,44 @@ class LocalStore:
                 ts=r[5],
                 server_ts=r[6],
                 status=r[7],
+                media=None if r[8] is None else self._open_media(r[3], r[0], r[8]),
+                media_path=r[9],
             )
             for r in reversed(rows)
         ]
+
+    # --- media ---------------------------------------------------------------------------
+
+    def put_media(self, sender: str, mid: str, media: Media, path: str | None = None) -> None:
+        """Remember a message's media descriptor (its key included, sealed)."""
+        sealed = self.cipher.seal(encode_content(media), f"media/{sender}/{mid}".encode())
+        self._db.execute(
+            "INSERT INTO media (sender, id, descriptor, path) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (sender, id) DO NOTHING",
+            (sender, mid, sealed, path),
+        )
+
+    def set_media_path(self, sender: str, mid: str, path: str) -> None:
+        """Record where a message's file was saved."""
+        self._db.execute(
+            "UPDATE media SET path = ? WHERE sender = ? AND id = ?", (path, sender, mid)
+        )
+
+    def media(self, mid: str, sender: str | None = None) -> list[tuple[str, Media, str | None]]:
+        """(sender, descriptor, saved path) of the media messages with this id (or id prefix)."""
+        like = mid.replace("%", "").replace("_", "") + "%"
+        query = "SELECT sender, id, descriptor, path FROM media WHERE id LIKE ?"
+        args: tuple[str, ...] = (like,)
+        if sender is not None:
+            query += " AND sender = ?"
+            args += (sender,)
+        rows = self._db.execute(query, args).fetchall()
+        return [(r[0], self._open_media(r[0], r[1], r[2]), r[3]) for r in rows]
+
+    def _open_media(self, sender: str, mid: str, sealed: bytes) -> Media:
+        content = decode_content(self.cipher.open(sealed, f"media/{sender}/{mid}".encode()))
+        assert isinstance(content, Media)
+        return content
 
     def unread(self, chat: str) -> list[str]:
         """Ids of received messages in a chat not yet marked read."""

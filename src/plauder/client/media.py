@@ -1,0 +1,253 @@
+"""Files in messages: encrypted, uploaded and described going out; fetched and checked coming in."""
+
+import asyncio
+import base64
+import contextlib
+import mimetypes
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from plauder.client import media_audio
+from plauder.client.errors import ClientError
+from plauder.client.media_files import MediaKind, PreparedFile, prepare_file
+from plauder.client.media_transfer import MediaTransfer, Progress
+from plauder.client.store import LocalStore
+from plauder.crypto.media import MediaDecryptor, MediaEncryptor, encrypted_size
+from plauder.protocol.content import Media
+
+PIECE = 256 * 1024  # bytes encrypted or written at a time
+
+
+class MediaFileError(ClientError):
+    """A file to send cannot be read, or a received file cannot be saved where asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """The file of a received or sent message: its description and a way to fetch it."""
+
+    sender: str
+    message_id: str
+    content: Media
+    _service: "MediaService" = field(repr=False, compare=False)
+
+    @property
+    def kind(self) -> str:
+        """file, image, video, audio or voice."""
+        return self.content.kind
+
+    @property
+    def name(self) -> str:
+        """The file name the sender gave (maybe empty)."""
+        return self.content.name
+
+    @property
+    def size(self) -> int:
+        """Bytes of the file."""
+        return self.content.size
+
+    async def download(
+        self, to: Path | str | None = None, progress: Progress | None = None
+    ) -> Path:
+        """Fetch, decrypt and verify the file; save it in (or as) `to`; return its path."""
+        return await self._service.download(self, to, progress)
+
+
+def _safe_name(name: str, fallback: str) -> str:
+    """A file name without directories or control characters, never empty or hidden."""
+    base = os.path.basename(name.replace("\\", "/"))
+    base = re.sub(r"[\x00-\x1f\x7f/]", "_", base).strip().lstrip(".")
+    return base[:200] or fallback
+
+
+def _free_path(folder: Path, name: str) -> Path:
+    """`folder/name`, or `folder/name (2)` and so on if that exists."""
+    candidate = folder / name
+    stem, suffix = Path(name).stem, Path(name).suffix
+    n = 2
+    while candidate.exists():
+        candidate = folder / f"{stem} ({n}){suffix}"
+        n += 1
+    return candidate
+
+
+class MediaService:
+    """Uploads of outgoing files and downloads of received ones, for one client."""
+
+    def __init__(
+        self,
+        store: LocalStore,
+        transfer: MediaTransfer,
+        workdir: Path,
+    ) -> None:
+        self._store = store
+        self._transfer = transfer
+        self._workdir = workdir
+        self.download_dir = workdir / "downloads"
+
+    def attachment(self, sender: str, mid: str, content: Media) -> Attachment:
+        """The attachment object apps get for a message's media."""
+        return Attachment(sender, mid, content, self)
+
+    async def upload(
+        self,
+        path: Path,
+        *,
+        mid: str,
+        ts: int,
+        caption: str,
+        kind: MediaKind | None = None,
+        keep_metadata: bool = False,
+        low_data: bool = False,
+        progress: Progress | None = None,
+    ) -> Media:
+        """Prepare, encrypt and upload a file; returns the message that describes it."""
+        scratch = self._workdir / "outgoing"
+        out, size = await asyncio.to_thread(
+            self._stage, path, kind, keep_metadata, low_data, scratch
+        )
+        blob = scratch / f"{mid}.blob"
+        try:
+            enc_size = encrypted_size(size)
+            media = await self._transfer.reserve(enc_size)
+            encryptor = await asyncio.to_thread(_encrypt_file, out.path, blob)
+            result = encryptor.result
+            await self._transfer.upload(media, blob, enc_size, progress)
+        finally:
+            await asyncio.to_thread(_remove, blob, out.path if out.temporary else None)
+        return Media(
+            id=mid,
+            ts=ts,
+            kind=out.kind,
+            media=media,
+            key=base64.b64encode(result.key).decode(),
+            sha256=result.sha256,
+            enc_size=result.enc_size,
+            plain_sha256=result.plain_sha256,
+            size=result.size,
+            mime=out.mime,
+            name=out.name,
+            caption=caption,
+            width=out.width,
+            height=out.height,
+            duration_ms=out.duration_ms,
+            thumbnail=base64.b64encode(out.thumbnail).decode() if out.thumbnail else "",
+            waveform=list(out.waveform),
+        )
+
+    def _stage(
+        self, path: Path, kind: MediaKind | None, keep_metadata: bool, low_data: bool, scratch: Path
+    ) -> tuple[PreparedFile, int]:
+        """The file as it will be sent, and its size (blocking)."""
+        if not path.is_file():
+            raise MediaFileError(f"{path} is not a readable file")
+        scratch.mkdir(parents=True, exist_ok=True)
+        out = prepare_file(path, scratch, kind=kind, keep_metadata=keep_metadata, low_data=low_data)
+        return out, out.path.stat().st_size
+
+    async def to_wav(self, src: Path, dst: Path) -> int:
+        """Convert a voice note or sound to WAV; returns its length in milliseconds."""
+        return await asyncio.to_thread(media_audio.to_wav, src, dst)
+
+    async def play(self, path: Path) -> None:
+        """Play a voice note or sound on the default output (AudioUnavailable if none)."""
+        await asyncio.to_thread(media_audio.play, path)
+
+    async def download(
+        self,
+        attachment: Attachment,
+        to: Path | str | None = None,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Fetch a message's file, check it against its description and save it.
+
+        `to` is a folder (the sender's file name is kept) or a file path; by
+        default the profile's downloads folder. Raises MediaError (from
+        plauder.crypto.media) for a tampered, truncated or swapped blob, and
+        ServerError unknown_media for one that expired; nothing is kept then.
+        """
+        content, mid = attachment.content, attachment.message_id
+        target = await asyncio.to_thread(self._target, content, to)
+        try:
+            key = base64.b64decode(content.key, validate=True)
+        except ValueError as exc:
+            raise MediaFileError(f"message {mid} carries a malformed key") from exc
+        decryptor = MediaDecryptor(
+            key,
+            enc_size=content.enc_size,
+            sha256=content.sha256,
+            size=content.size,
+            plain_sha256=content.plain_sha256,
+        )
+        part = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+        f = await asyncio.to_thread(part.open, "wb")
+        try:
+
+            async def write(piece: bytes) -> None:
+                plain = decryptor.feed(piece)
+                if plain:
+                    await asyncio.to_thread(f.write, plain)
+
+            await self._transfer.download(content.media, write, content.enc_size, progress)
+            tail = decryptor.finish()
+            await asyncio.to_thread(_finish_file, f, tail, part, target)
+        finally:
+            f.close()
+            await asyncio.to_thread(_remove, part, None)
+        with self._store.transaction():
+            self._store.set_media_path(attachment.sender, mid, str(target))
+        return target
+
+    async def saved_or_download(self, attachment: Attachment) -> Path:
+        """Where the file was saved before if it is still there, else a fresh download's path."""
+        for sender, _, path in self._store.media(attachment.message_id, attachment.sender):
+            if sender == attachment.sender and path and await asyncio.to_thread(Path(path).is_file):
+                return Path(path)
+        return await self.download(attachment)
+
+    def _target(self, content: Media, to: Path | str | None) -> Path:
+        name = _safe_name(content.name, content.id[:12] + _extension(content.mime))
+        folder = self.download_dir if to is None else Path(to).expanduser()
+        if folder.suffix and not folder.is_dir():  # a file's path: save it as that
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            return folder
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MediaFileError(f"cannot save in {folder}: {exc.strerror}") from exc
+        return _free_path(folder, name)
+
+
+def _extension(mime: str) -> str:
+    """A file name suffix for a MIME type ("" if none is known)."""
+    return mimetypes.guess_extension(mime) or ""
+
+
+def _encrypt_file(src: Path, dst: Path) -> MediaEncryptor:
+    """Encrypt a file into a blob file, a piece at a time (blocking)."""
+    encryptor = MediaEncryptor()
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        while piece := fin.read(PIECE):
+            fout.write(encryptor.feed(piece))
+        fout.write(encryptor.finish())
+    return encryptor
+
+
+def _finish_file(f: BinaryIO, tail: bytes, part: Path, target: Path) -> None:
+    """Write the last plaintext, make the file durable and give it its name (blocking)."""
+    f.write(tail)
+    f.flush()
+    os.fsync(f.fileno())
+    part.replace(target)
+
+
+def _remove(first: Path, second: Path | None) -> None:
+    """Delete scratch files that may or may not exist (blocking)."""
+    for path in (first, second):
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
