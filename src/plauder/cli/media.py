@@ -19,6 +19,7 @@ from rich.progress import (
 from plauder.cli.output import Printer, human_size
 from plauder.client import Chat, Client, ClientError, Group
 from plauder.client.media import Attachment
+from plauder.client.media_errors import AudioUnavailable
 from plauder.client.media_transfer import Progress as ProgressCallback
 from plauder.crypto.media import MediaError
 
@@ -148,6 +149,9 @@ async def play(args: argparse.Namespace, client: Callable[..., Client]) -> int:
         await c.media.to_wav(path, args.out)
         out.emit("saved", f"✓ wrote {args.out}", path=str(args.out))
         return 0
-    await c.media.play(path)
+    try:
+        await c.media.play(path)
+    except AudioUnavailable as exc:
+        raise ClientError(f"{exc}; or write it as a WAV file with --out FILE.wav") from exc
     out.emit("played", f"▶ played {path.name}", path=str(path))
     return 0

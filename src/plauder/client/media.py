@@ -211,7 +211,7 @@ class MediaService:
 
     def _target(self, content: Media, to: Path | str | None) -> Path:
         name = _safe_name(content.name, content.id[:12] + _extension(content.mime))
-        folder = self.download_dir if to is None else Path(to).expanduser()
+        folder = (self.download_dir if to is None else Path(to).expanduser()).absolute()
         if folder.suffix and not folder.is_dir():  # a file's path: save it as that
             folder.parent.mkdir(parents=True, exist_ok=True)
             return folder
