@@ -81,8 +81,8 @@ def builtins(frame: msgspec.Struct) -> dict[str, Any]:
 
 
 def test_strategies_cover_every_frame_type() -> None:
-    assert len(CLIENT_TYPES) == 26
-    assert len(SERVER_TYPES) == 18
+    assert len(CLIENT_TYPES) == 27
+    assert len(SERVER_TYPES) == 19
 
 
 @pytest.mark.parametrize("cls", CLIENT_TYPES, ids=lambda c: c.__name__)

@@ -94,7 +94,61 @@ class Media(_Content, tag="media", frozen=True, kw_only=True):
     waveform: list[int] = []  # voice notes: 64 loudness points, 0-255
 
 
-Content = Text | Receipt | Typing | GroupKey | GroupState | Media
+class CallOffer(_Content, tag="call_offer", frozen=True, kw_only=True):
+    """A device calls: its WebRTC offer, to every device of the callee.
+
+    The SDP's DTLS fingerprint is authenticated by the end-to-end encryption:
+    the callee's media connection must present exactly that certificate.
+    """
+
+    call: str  # a fresh 128-bit id in hex
+    ts: int  # caller's clock; an offer older than the ring time is a missed call
+    sdp: str
+    device: int  # the calling device
+    low_data: bool = False
+
+
+class CallRinging(_Content, tag="call_ringing", frozen=True, kw_only=True):
+    """A callee's device got the offer and rings."""
+
+    call: str
+    device: int
+
+
+class CallAnswer(_Content, tag="call_answer", frozen=True, kw_only=True):
+    """A callee's device accepted: its WebRTC answer, to the caller."""
+
+    call: str
+    sdp: str
+    device: int
+
+
+class CallSelect(_Content, tag="call_select", frozen=True, kw_only=True):
+    """The caller took the answer of `device`; the callee's other devices stop ringing."""
+
+    call: str
+    device: int
+
+
+class CallReject(_Content, tag="call_reject", frozen=True, kw_only=True):
+    """A callee's device declined (`rejected`) or is in another call (`busy`)."""
+
+    call: str
+    reason: Literal["rejected", "busy"]
+    device: int
+
+
+class CallHangup(_Content, tag="call_hangup", frozen=True, kw_only=True):
+    """Either side ended the call, or the caller gave up ringing (`timeout`) or failed."""
+
+    call: str
+    reason: Literal["hangup", "timeout", "cancelled", "failed"] = "hangup"
+    device: int = 0
+
+
+CallSignal = CallOffer | CallRinging | CallAnswer | CallSelect | CallReject | CallHangup
+
+Content = Text | Receipt | Typing | GroupKey | GroupState | Media | CallSignal
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Content)

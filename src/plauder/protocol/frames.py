@@ -351,6 +351,12 @@ class MediaDownload(_Frame, tag="media_download", frozen=True, kw_only=True):
 MediaRequest = MediaUpload | MediaDownload
 
 
+class GetTurn(_Frame, tag="get_turn", frozen=True, kw_only=True):
+    """Ask for short-lived TURN credentials for a call (answered with `turn`)."""
+
+    id: int
+
+
 GroupRequest = (
     GroupCreate
     | GetGroup
@@ -381,6 +387,7 @@ ClientFrame = (
     | Ping
     | GroupRequest
     | MediaRequest
+    | GetTurn
 )
 
 
@@ -542,6 +549,20 @@ class MediaToken(_Frame, tag="media_token", frozen=True, kw_only=True):
     expires: int
 
 
+class Turn(_Frame, tag="turn", frozen=True, kw_only=True):
+    """TURN relays and credentials in coturn's shared-secret scheme; no urls: none configured.
+
+    `username` is "<expiry unix seconds>:<account id>", `password` the base64
+    HMAC-SHA1 of it under the secret the server shares with the relay.
+    """
+
+    id: int
+    urls: list[str]  # turn:host:port?transport=udp, ...
+    username: str = ""
+    password: str = ""
+    expires: int = 0  # server milliseconds
+
+
 ServerFrame = (
     Welcome
     | Ok
@@ -561,4 +582,5 @@ ServerFrame = (
     | JoinRequested
     | GroupDeviceList
     | MediaToken
+    | Turn
 )
