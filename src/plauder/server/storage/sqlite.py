@@ -6,6 +6,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +34,11 @@ _OP_ERRORS = (sqlite3.Error, ValueError, OverflowError, TypeError)
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1024
+# Acks delete rows nobody waits for, while a send's sender waits for its COMMIT: a commit
+# with sends or other work carries at most this many acked envelopes, the rest going into
+# the commits after it; a commit of acks alone takes up to the larger budget.
+ACK_BUDGET_BESIDE = 512
+ACK_BUDGET_ALONE = 8192
 CHECKPOINT_SECONDS = 0.5
 BACKSTOP_CHECKPOINT_PAGES = 20_000  # about 80 MB of WAL before the writer checkpoints itself
 DEVICE_CACHE_SIZE = 100_000
@@ -127,35 +133,49 @@ class SqliteStore(SharedMethods):
             loop.call_soon_threadsafe(_fail, ready, err)
             return
         loop.call_soon_threadsafe(_settle_one, ready, None)
+        acks: deque[_Item] = deque()  # acks put off while sends and other work wait
         try:
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    break
-                batch = [item]
-                stop = False
-                waited = False
-                while len(batch) < MAX_BATCH:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        if waited or self._gather <= 0:
-                            break
-                        # a lone write would pay a whole fsync: give its neighbours
-                        # a moment to join the same commit
-                        waited = True
-                        time.sleep(self._gather)
-                        continue
-                    if nxt is None:
-                        stop = True
-                        break
-                    batch.append(nxt)
-                results = self._execute(conn, batch)
-                loop.call_soon_threadsafe(_settle, results)
+            stop = False
+            while not stop:
+                batch, stop = self._take(block=not acks)
+                urgent = [item for item in batch if not isinstance(item[0], AckOp)]
+                acks.extend(item for item in batch if isinstance(item[0], AckOp))
+                budget: int | None = ACK_BUDGET_BESIDE if urgent else ACK_BUDGET_ALONE
                 if stop:
-                    break
+                    budget = None  # shutting down: everything goes
+                work = urgent + _take_acks(acks, budget)
+                if work:
+                    results = self._execute(conn, work)
+                    loop.call_soon_threadsafe(_settle, results)
         finally:
             conn.close()
+
+    def _take(self, block: bool) -> tuple[list[_Item], bool]:
+        """What is queued now (waiting for the first item if `block`); True at the end.
+
+        A lone write waits a moment (`gather_ms`) for neighbours to share its
+        COMMIT, and so its fsync.
+        """
+        batch: list[_Item] = []
+        if block:
+            item = self._queue.get()
+            if item is None:
+                return batch, True
+            batch.append(item)
+        waited = False
+        while len(batch) < MAX_BATCH:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                if waited or self._gather <= 0 or not batch:
+                    break
+                waited = True
+                time.sleep(self._gather)
+                continue
+            if nxt is None:
+                return batch, True
+            batch.append(nxt)
+        return batch, False
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Item]) -> list[_Result]:
         """Run a batch in one transaction: one COMMIT (one fsync) for all of it.
@@ -338,6 +358,20 @@ class SqliteStore(SharedMethods):
 
 
 # --- helpers run on the worker thread ---------------------------------------------------
+
+
+def _take_acks(acks: deque[_Item], budget: int | None) -> list[_Item]:
+    """Acks from the front of the deque up to `budget` acked envelopes (at least one ack)."""
+    taken: list[_Item] = []
+    count = 0
+    while acks and (budget is None or not taken or count < budget):
+        op = acks[0][0]
+        assert isinstance(op, AckOp)
+        if budget is not None and taken and count + len(op.eids) > budget:
+            break
+        taken.append(acks.popleft())
+        count += len(op.eids)
+    return taken
 
 
 def _outcome(fut: asyncio.Future[Any], outcome: StoredMessage | ServiceError) -> _Result:
