@@ -3,10 +3,11 @@
 import dataclasses
 import math
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,12 @@ class Config:
     media_retention_days: int = 30  # a complete blob is deleted this long after its upload
     media_token_seconds: int = 600  # lifetime of an upload or download token
     media_dir: str = ""  # where blobs are stored; default data/media (shared in a cluster)
+    # calls: TURN relays (coturn) whose short-lived credentials the server hands out
+    turn_urls: tuple[str, ...] = ()  # turn:/turns: URIs; none: no relay is offered
+    turn_secret: str = field(default="", repr=False)  # coturn's static-auth-secret
+    turn_secret_file: str = ""  # or a file holding it
+    turn_ttl_seconds: int = 3600  # lifetime of a credential (60 s to a day)
+    turn_requests_per_minute: int = 30  # get_turn per connection
     # storage: SQLite in the data folder unless a postgresql:// URL is given
     database: str = ""
     db_pool_size: int = 8  # PostgreSQL connections per process
@@ -152,9 +159,18 @@ _POSITIVE = (
     "media_uploads_per_hour",
     "media_retention_days",
     "media_token_seconds",
+    "turn_requests_per_minute",
 )
 
 MAX_MEDIA_BYTES = 2 * 1024**3  # the largest blob a server may allow
+TURN_TTL_SECONDS = (60, 86_400)  # the shortest and longest credential lifetime allowed
+MAX_TURN_URLS = 8
+MIN_TURN_SECRET = 16  # characters of the shared secret, at least
+# turn:host[:port][?transport=udp|tcp], host a name, an IPv4 address or [IPv6] (RFC 7065)
+TURN_URL = re.compile(
+    r"turns?:(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+    r"(?::(?P<port>[0-9]{1,5}))?(?:\?transport=(?:udp|tcp))?"
+)
 
 
 def option_names() -> list[str]:
@@ -216,6 +232,11 @@ def _convert(name: str, raw: Any, kind: Any) -> Any:
             if not math.isfinite(value):
                 raise bad
             return value
+        if kind == tuple[str, ...]:  # comma separated in flags and the environment
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise bad
+            return tuple(i.strip() for i in items if i.strip())
     except (TypeError, ValueError) as exc:
         raise bad from exc
     raise bad
@@ -248,3 +269,28 @@ def _validate(config: Config) -> None:
         raise ConfigError("option redis needs database (PostgreSQL): nodes must share the store")
     if config.keys_low_threshold < 0:
         raise ConfigError("option keys_low_threshold must not be negative")
+    _validate_turn(config)
+
+
+def _validate_turn(config: Config) -> None:
+    low, high = TURN_TTL_SECONDS
+    if not low <= config.turn_ttl_seconds <= high:
+        raise ConfigError(f"option turn_ttl_seconds must be between {low} and {high}")
+    if len(config.turn_urls) > MAX_TURN_URLS:
+        raise ConfigError(f"option turn_urls takes at most {MAX_TURN_URLS} URLs")
+    for url in config.turn_urls:
+        match = TURN_URL.fullmatch(url)
+        if match is None or not 0 < int(match["port"] or 3478) <= 65535:
+            raise ConfigError(
+                f"option turn_urls: {url!r} is not a TURN URL "
+                "(turn:host:port?transport=udp, or turns:host:5349?transport=tcp)"
+            )
+    if config.turn_secret and config.turn_secret_file:
+        raise ConfigError("options turn_secret and turn_secret_file: give one, not both")
+    if config.turn_urls and not (config.turn_secret or config.turn_secret_file):
+        raise ConfigError(
+            "option turn_urls needs turn_secret or turn_secret_file "
+            "(the static-auth-secret of the TURN server)"
+        )
+    if config.turn_secret and len(config.turn_secret) < MIN_TURN_SECRET:
+        raise ConfigError(f"option turn_secret must have at least {MIN_TURN_SECRET} characters")
