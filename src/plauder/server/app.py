@@ -19,6 +19,7 @@ from plauder.errors import PlauderError
 from plauder.server import http, logs, workers
 from plauder.server.accounts import Accounts, code_limit
 from plauder.server.blobs import BlobStore, DiskBlobStore
+from plauder.server.calls import Calls, load_turn_secret
 from plauder.server.cluster import RedisLimiter, RedisLink, RedisPresence, RedisRouter
 from plauder.server.config import Config, ConfigError
 from plauder.server.errors import StorageError
@@ -48,6 +49,7 @@ class Server:
         self.config = config
         self.reuse_port = reuse_port
         self.clock = clock or SystemClock()
+        turn_secret = load_turn_secret(config)  # before anything is created on disk
         self.metrics = Metrics()
         self.store = open_store(config)
         self.secret = load_secret(config.secret_path)
@@ -83,6 +85,7 @@ class Server:
             messages=Messages(self.store, self.router, self.clock, config, self.metrics),
             groups=Groups(self.store, self.router, self.clock, config, self.metrics),
             media=self.media,
+            calls=Calls(config, turn_secret, self.clock, self.metrics),
             presence=self.presence,
             metrics=self.metrics,
         )
@@ -260,6 +263,7 @@ def run(config: Config) -> None:
     raise_file_limit()
     if config.workers > 1:
         load_secret(config.secret_path)  # created once, before the workers share it
+        load_turn_secret(config)  # a bad secret file stops here, not each worker in a loop
         parent = os.getpid()
         workers.supervise(config, lambda worker: _run_loop(worker, parent))
         return

@@ -19,6 +19,7 @@ from plauder.protocol.frames import (
     ClientFrame,
     Error,
     GetDevices,
+    GetTurn,
     Hello,
     KeysLow,
     Ok,
@@ -36,6 +37,7 @@ from plauder.protocol.frames import (
 )
 from plauder.protocol.limits import PROTOCOL_VERSION
 from plauder.server.accounts import Accounts, number_or_error
+from plauder.server.calls import Calls
 from plauder.server.config import Config
 from plauder.server.delivery import DeviceFeed
 from plauder.server.errors import ServiceError, StorageError
@@ -81,6 +83,7 @@ class Gateway:
         messages: Messages,
         groups: Groups,
         media: MediaService,
+        calls: Calls,
         presence: PresenceService,
         metrics: Metrics,
     ) -> None:
@@ -93,6 +96,7 @@ class Gateway:
         self.messages = messages
         self.groups = groups
         self.media = media
+        self.calls = calls
         self.presence = presence
         self.metrics = metrics
         self.connections: set[Connection] = set()
@@ -166,6 +170,8 @@ class Connection:
         self.claims = TokenBucket(gw.clock, claims / 60.0, claims)
         group_claims = gw.config.group_claims_per_minute
         self.group_claims = TokenBucket(gw.clock, group_claims / 60.0, group_claims)
+        turns = gw.config.turn_requests_per_minute
+        self.turn_requests = TokenBucket(gw.clock, turns / 60.0, turns)
         self.pending = 0  # authenticated requests running
         self.room = asyncio.Event()
         self.auth_timer = asyncio.get_running_loop().call_later(
@@ -369,6 +375,8 @@ class Connection:
                     await self._send_bytes(data)
             case Ping():
                 await self.send(Pong(id=frame.id, server_time=gw.clock.now_ms()))
+            case GetTurn():
+                await self.send(gw.calls.turn(frame, sender, self.turn_requests.take))
             case _ if isinstance(frame, GROUP_FRAMES):
                 answer, low = await gw.groups.handle(frame, sender, self.group_claims.take)
                 await self.send(answer)

@@ -20,6 +20,7 @@ class Metrics:
     media_blobs_stored: int = 0  # uploads completed
     media_bytes_uploaded: int = 0
     media_bytes_downloaded: int = 0
+    turn_credentials_issued: int = 0  # answers to get_turn with relays
 
     def render(self, extra: dict[str, int]) -> str:
         """Prometheus text exposition of all counters."""
