@@ -19,7 +19,7 @@ from plauder.client import Client
 from plauder.server.config import load_config
 from plauder.server.storage.base import Store
 from plauder.server.storage.factory import open_store
-from tests.services import Postgres, Redis
+from tests.services import Coturn, Postgres, Redis
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTEN = re.compile(r"listening on (http://\S+)")
@@ -175,6 +175,15 @@ def own_redis() -> Iterator[Redis]:
     redis.start()
     yield redis
     redis.stop()
+
+
+@pytest.fixture
+def coturn() -> Iterator[Coturn]:
+    """A coturn relay of this test's own on 127.0.0.1 (fails if `turnserver` is missing)."""
+    turn = Coturn()
+    turn.start()
+    yield turn
+    turn.stop()
 
 
 @pytest.fixture

@@ -1,11 +1,16 @@
-"""Throwaway PostgreSQL, Redis and HAProxy processes on 127.0.0.1 for tests and benchmarks."""
+"""Throwaway PostgreSQL, Redis, HAProxy, nginx and coturn processes on 127.0.0.1 for tests
+and benchmarks."""
 
 import contextlib
 import glob
 import os
+import random
+import re
+import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -368,3 +373,158 @@ http {{
     def command(self, config: Path) -> list[str]:
         """nginx in the foreground with its files in this folder."""
         return [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(config), "-p", str(self.dir)]
+
+
+class Coturn:
+    """A coturn TURN server on 127.0.0.1 with shared-secret (REST) credentials.
+
+    It relays on 127.0.0.1 from `min_port` to `max_port` and allows loopback
+    peers, so two processes on this machine can call each other through it.
+    Give a plauder server `server_options()`; its `get_turn` answers then carry
+    credentials this relay accepts.
+    """
+
+    def __init__(self, relay_ports: int = 100, realm: str = "plauder.test") -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="plauder-coturn-"))
+        self.port = _free_udp_and_tcp_port()
+        self.min_port = _free_udp_range(relay_ports)
+        self.max_port = self.min_port + relay_ports - 1
+        self.realm = realm
+        self.secret = secrets.token_hex(24)  # coturn's static-auth-secret
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where it listens (UDP and TCP)."""
+        return ("127.0.0.1", self.port)
+
+    @property
+    def url(self) -> str:
+        """Its TURN URL over UDP."""
+        return f"turn:127.0.0.1:{self.port}?transport=udp"
+
+    @property
+    def tcp_url(self) -> str:
+        """Its TURN URL over TCP."""
+        return f"turn:127.0.0.1:{self.port}?transport=tcp"
+
+    @property
+    def urls(self) -> list[str]:
+        """Both URLs, UDP first (aiortc uses only the first)."""
+        return [self.url, self.tcp_url]
+
+    def server_options(self, secret: str | None = None) -> dict[str, str]:
+        """Options for a plauder server that hands out credentials for this relay."""
+        return {"turn_urls": ",".join(self.urls), "turn_secret": secret or self.secret}
+
+    def command(self) -> list[str]:
+        """How it is started (the command line docs/operations.md explains)."""
+        server = shutil.which("turnserver") or "/usr/bin/turnserver"
+        return [
+            server,
+            "-n",  # no configuration file
+            "--listening-ip=127.0.0.1",
+            f"--listening-port={self.port}",
+            "--relay-ip=127.0.0.1",
+            f"--min-port={self.min_port}",
+            f"--max-port={self.max_port}",
+            "--use-auth-secret",
+            f"--static-auth-secret={self.secret}",
+            f"--realm={self.realm}",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            "--allow-loopback-peers",  # only for tests: peers on this machine
+            "--log-file=stdout",
+            "--simple-log",
+            f"--pidfile={self.dir / 'turn.pid'}",
+            f"--userdb={self.dir / 'turndb'}",
+            "--verbose",
+        ]
+
+    def start(self) -> None:
+        """Start it and wait until it answers STUN on its UDP port."""
+        if shutil.which("turnserver") is None and not Path("/usr/bin/turnserver").exists():
+            raise RuntimeError("turnserver not found: apt-get install coturn")
+        log = open(self.dir / "turnserver.log", "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"turnserver exited:\n{self.log_text()}")
+            if _stun_answers(self.address):
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"turnserver did not answer STUN:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        """Everything it logged so far."""
+        path = self.dir / "turnserver.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def allocations(self) -> list[str]:
+        """The usernames of the relay allocations it granted so far, in order."""
+        return re.findall(r"session \d+: new, realm=<[^>]*>, username=<([^>]*)>", self.log_text())
+
+    def stop(self) -> None:
+        """Stop it and delete its files."""
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _free_udp_and_tcp_port() -> int:
+    """A port on 127.0.0.1 free for both TCP and UDP right now."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no port free for both TCP and UDP")
+
+
+def _free_udp_range(count: int) -> int:
+    """The first of `count` consecutive UDP ports on 127.0.0.1, all free right now.
+
+    Drawn below Linux's ephemeral range (32768 on), where other sockets are less likely.
+    """
+    for _ in range(50):
+        first = random.randrange(20_000, 32_768 - count)
+        held: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return first
+    raise RuntimeError(f"no {count} consecutive free UDP ports")
+
+
+def _stun_answers(address: tuple[str, int]) -> bool:
+    """Whether a STUN Binding request to the address gets a success response in 0.2 s."""
+    transaction = secrets.token_bytes(12)
+    request = struct.pack("!HHI", 0x0001, 0, 0x2112A442) + transaction
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        try:
+            sock.sendto(request, address)
+            data = sock.recv(2048)
+        except OSError:  # a timeout, or refused while nothing listens yet
+            return False
+    return data[:2] == b"\x01\x01" and data[8:20] == transaction
