@@ -7,7 +7,7 @@ import contextlib
 import importlib
 import math
 import operator
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,13 +53,24 @@ def encode_voice(src: Path, dst: Path, *, low_data: bool = False) -> VoiceNote:
         opus.layout = "mono"
         opus.bit_rate = LOW_DATA_BITRATE if low_data else VOICE_BITRATE
         for frame in _resampled(container, stream, resampler, src):
-            loudness.add(_pcm(frame))
+            loudness.add(frame_pcm(frame))
             out.mux(opus.encode(frame))
         out.mux(opus.encode(None))
     return VoiceNote(
         duration_ms=round(loudness.samples * 1000 / VOICE_RATE),
         waveform=loudness.waveform(WAVEFORM_POINTS),
     )
+
+
+def pcm_chunks(path: Path, rate: int = VOICE_RATE) -> Generator[bytes, None, None]:
+    """The sound of a file as mono 16-bit PCM at `rate`, piece by piece, read as it goes.
+
+    Raises UnreadableMedia (on the first `next`) for a file with no sound to decode.
+    """
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    with _open_audio(path) as (container, stream):
+        for frame in _resampled(container, stream, resampler, path):
+            yield frame_pcm(frame)
 
 
 def audio_duration_ms(path: Path) -> int:
@@ -90,7 +101,7 @@ def play(path: Path) -> None:
     Raises AudioUnavailable without sounddevice, PortAudio or an output device,
     UnreadableMedia for a file with no sound to decode.
     """
-    sounddevice = _sounddevice()
+    sounddevice = load_sounddevice()
     with _open_audio(path) as (container, stream):
         layout = _layout(stream)
         channels = 1 if layout == "mono" else 2
@@ -104,7 +115,7 @@ def play(path: Path) -> None:
             raise AudioUnavailable(f"no sound output device: {exc}") from exc
         with output:
             for frame in _resampled(container, stream, resampler, path):
-                output.write(_pcm(frame))
+                output.write(frame_pcm(frame))
 
 
 @contextlib.contextmanager
@@ -148,7 +159,7 @@ def _layout(stream: AudioStream) -> str:
     return "mono" if stream.layout.nb_channels == 1 else "stereo"
 
 
-def _pcm(frame: AudioFrame) -> bytes:
+def frame_pcm(frame: AudioFrame) -> bytes:
     """The interleaved 16-bit samples of a packed s16 frame, without padding."""
     return bytes(frame.planes[0])[: frame.samples * len(frame.layout.channels) * 2]
 
@@ -205,13 +216,13 @@ def _level(rms: float, loudest: float) -> int:
     return round(255 * min(1.0, max(0.0, 1 + db / WAVEFORM_RANGE_DB)))
 
 
-def _sounddevice() -> Any:
+def load_sounddevice(purpose: str = "playing sound") -> Any:
     """The sounddevice module, or AudioUnavailable saying what is missing."""
     try:
         return importlib.import_module("sounddevice")
     except ImportError as exc:
         raise AudioUnavailable(
-            "playing sound needs the audio extra: pip install 'plauder[audio]'"
+            f"{purpose} needs the audio extra: pip install 'plauder[audio]'"
         ) from exc
     except OSError as exc:  # sounddevice imports, but the PortAudio library is missing
-        raise AudioUnavailable(f"playing sound needs the PortAudio library: {exc}") from exc
+        raise AudioUnavailable(f"{purpose} needs the PortAudio library: {exc}") from exc
