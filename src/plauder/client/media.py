@@ -19,7 +19,7 @@ from plauder.client.store import LocalStore
 from plauder.crypto.media import MediaDecryptor, MediaEncryptor, encrypted_size
 from plauder.protocol.content import Media
 
-PIECE = 256 * 1024  # bytes encrypted or written at a time
+PIECE = 1024 * 1024  # bytes encrypted or written at a time (as the server's steps)
 
 
 class MediaFileError(ClientError):

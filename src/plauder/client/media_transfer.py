@@ -14,7 +14,7 @@ from plauder.crypto.media import MediaTruncated
 from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import MediaDownload, MediaToken, MediaUpload
 
-PIECE = 256 * 1024  # bytes read from disk or the network at a time
+PIECE = 1024 * 1024  # bytes read from disk or the network at a time (as the server's steps)
 ATTEMPTS = 8  # tries of one transfer before giving up; each resumes where the last stopped
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0)
 
