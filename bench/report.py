@@ -121,6 +121,42 @@ ROWS += [
     ("pg-group-fanout", "redis_cpu_cores", "Redis CPU", "cores", None),
 ]
 
+# media: one section per file size ("media-1MiB", "pg-media-100MiB"); throughput in
+# decimal MB/s of the file; the target is end to end at least half the plain upload's
+Target = tuple[str, float] | None  # (operator, value)
+MEDIA_ROWS: list[tuple[str, str, str, Target]] = [
+    ("reps", "sends (each way)", "", None),
+    ("upload_mb_s", "upload: send_file", "MB/s", None),
+    ("download_mb_s", "download to checked file", "MB/s", None),
+    ("e2e_mb_s", "end to end", "MB/s", None),
+    ("plain_upload_mb_s", "plain HTTP PUT, fsynced", "MB/s", None),
+    ("plain_download_mb_s", "plain HTTP GET, fsynced", "MB/s", None),
+    ("plain_round_trip_mb_s", "plain PUT then GET", "MB/s", None),
+    ("e2e_over_plain_upload", "end to end / plain PUT", "ratio", (">=", 0.5)),
+    ("e2e_over_plain_round_trip", "end to end / plain PUT then GET", "ratio", None),
+    ("upload_over_plain_upload", "upload / plain PUT", "ratio", None),
+    ("download_over_plain_download", "download / plain GET", "ratio", None),
+    ("sniff_ms", "of send_file: kind sniffing", "ms", None),
+    ("server_cpu_ms_per_mb_upload", "server CPU per MB up", "ms", None),
+    ("server_cpu_ms_per_mb_download", "server CPU per MB down", "ms", None),
+    ("plain_server_cpu_ms_per_mb_upload", "plain server CPU per MB up", "ms", None),
+    ("plain_server_cpu_ms_per_mb_download", "plain server CPU per MB down", "ms", None),
+    ("client_cpu_ms_per_mb_upload", "SDK CPU per MB up", "ms", None),
+    ("client_cpu_ms_per_mb_download", "SDK CPU per MB down", "ms", None),
+    ("plain_client_cpu_ms_per_mb_upload", "plain client CPU per MB up", "ms", None),
+    ("plain_client_cpu_ms_per_mb_download", "plain client CPU per MB down", "ms", None),
+]
+
+
+def _is_media(section: str) -> bool:
+    return section.removeprefix("pg-").startswith("media-")
+
+
+def rows(results: dict[str, list[Args]]) -> list[tuple[str, str, str, str, Target]]:
+    """ROWS, then the media rows of every file size in the results, in their order."""
+    media = [s for s in results if _is_media(s)]
+    return ROWS + [(s, *row) for s in media for row in MEDIA_ROWS]
+
 
 def lookup(result: Args, path: str) -> float:
     """A metric by dotted path; NaN if missing."""
@@ -166,7 +202,7 @@ def _target_text(target: tuple[str, float] | None, sized: bool) -> str:
 def checks(results: dict[str, list[Args]]) -> list[Args]:
     """One row per metric: the median over repeats, each run's value, target, verdict."""
     out = []
-    for scenario, path, label, unit, target in ROWS:
+    for scenario, path, label, unit, target in rows(results):
         runs = results.get(scenario, [])
         if not runs:
             continue

@@ -1,10 +1,11 @@
-"""`python -m bench.run [idle|pairs|backends|cross|e2e|group-fanout ...] [options]`.
+"""`python -m bench.run [idle|pairs|backends|cross|e2e|group-fanout|media ...] [options]`.
 
 With no scenario, the default suite runs: idle with 19,000 connections; backends (pairs
 with 1,000 clients, closed loop then paced at 2,000 messages/s, on SQLite and then on
 PostgreSQL + Redis with 2 server workers); cross (2,000 messages/s across two nodes,
 then on one); e2e with 10 pairs; group-fanout (one group of 1,000 online members, 20
-group messages/s).
+group messages/s); media (files of 1 MiB and 100 MiB through the SDK, beside a plain
+HTTP upload and download of the same bytes).
 """
 
 import argparse
@@ -21,13 +22,14 @@ from bench.scenarios.cluster import run_backends, run_cross, section
 from bench.scenarios.e2e import E2eParams, run_e2e
 from bench.scenarios.groups import GroupParams, run_groups
 from bench.scenarios.idle import IdleParams, run_idle
+from bench.scenarios.media import MediaParams, run_media
 from bench.scenarios.pairs import MAX, PairsParams, run_pairs
 from bench.workers import Args, raise_file_limit
 from plauder.client.inbox import ACK_INTERVAL
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("idle", "pairs", "backends", "cross", "e2e", "group-fanout")
-DEFAULT_SUITE = ("idle", "backends", "cross", "e2e", "group-fanout")
+SCENARIOS = ("idle", "pairs", "backends", "cross", "e2e", "group-fanout", "media")
+DEFAULT_SUITE = ("idle", "backends", "cross", "e2e", "group-fanout", "media")
 DEFAULT_RATES = [MAX, 2000.0]
 CROSS_RATES = [2000.0]
 
@@ -78,6 +80,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="group-fanout: messages stored while members are offline (storage per message)",
     )
     p.add_argument(
+        "--media-size",
+        type=float,
+        action="append",
+        metavar="MIB",
+        help="media: a file size in MiB; repeatable (default: 1 and 100)",
+    )
+    p.add_argument(
+        "--media-reps", type=int, help="media: sends per size (10 up to 16 MiB, 3 above)"
+    )
+    p.add_argument(
         "--workers", type=int, help="load-generator processes (idle 4, pairs 2, group-fanout 2)"
     )
     p.add_argument(
@@ -91,7 +103,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--backend",
         choices=BACKENDS,
         default="sqlite",
-        help="idle, pairs, e2e, group-fanout: SQLite, or PostgreSQL + Redis started by the bench",
+        help="idle, pairs, e2e, group-fanout, media: SQLite, or PostgreSQL + Redis (the bench's)",
     )
     p.add_argument(
         "--server-workers",
@@ -184,6 +196,11 @@ async def run_one(name: str, args: argparse.Namespace, results: dict[str, list[A
     elif name == "group-fanout":
         for phase in await run_groups(_group_params(args), settings):
             results.setdefault(phase["section"], []).append(phase)
+    elif name == "media":
+        media = MediaParams(reps=args.media_reps)
+        media.sizes_mib = args.media_size or media.sizes_mib
+        for size in await run_media(media, settings):
+            results.setdefault(size["section"], []).append(size)
 
 
 async def run(args: argparse.Namespace) -> tuple[dict[str, list[Args]], list[str]]:

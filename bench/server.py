@@ -86,7 +86,83 @@ def _die_with_parent() -> None:
         pass
 
 
-class ServerProcess:
+class ListeningProcess:
+    """A subprocess that prints `listening on http://127.0.0.1:<port>` when it serves.
+
+    `name` is what error messages call it; a subclass builds the command and calls
+    `_launch` from its `start`.
+    """
+
+    name = "server"
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self._ps: psutil.Process | None = None
+        self._starts = 0
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _launch(
+        self, cmd: list[str], env: dict[str, str] | None, starts: int, timeout: float
+    ) -> None:
+        """Run `cmd` and wait until `starts` more processes say where they listen."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+            )
+        self._starts += starts
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = LISTEN.findall(self.log_text())
+            if len(found) >= self._starts:
+                self.url = found[-1]
+                self._ps = psutil.Process(self.proc.pid)
+                return
+            if self.proc.poll() is not None:
+                raise ServerError(f"{self.name} exited at start-up:\n{self.log_tail()}")
+            time.sleep(0.02)
+        self.stop()
+        raise ServerError(f"{self.name} did not start in {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_text(self) -> str:
+        """Everything the process printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines the process printed."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        """Whether the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def check(self) -> None:
+        """Raise ServerError if the process died."""
+        if not self.alive():
+            raise ServerError(f"the {self.name} died:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait, SIGKILL if needed; returns the exit status."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        return proc.returncode
+
+
+class ServerProcess(ListeningProcess):
     """One `python -m plauder.cli serve` on 127.0.0.1 and a free port.
 
     With `workers` > 1 it is a supervisor and that many worker processes sharing the
@@ -101,22 +177,12 @@ class ServerProcess:
         flags: list[str] | None = None,
         workers: int = 1,
     ) -> None:
+        super().__init__(data.parent / f"{data.name}.log")
         self.data = data
         self.options = dict(options)
         self.src = src  # another plauder source tree (its `src` folder) to run instead
         self.flags = list(flags or [])  # e.g. --database, --redis, --node-id
         self.workers = workers
-        self.log_path = data.parent / f"{data.name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self._ps: psutil.Process | None = None
-        self._starts = 0
-
-    @property
-    def pid(self) -> int:
-        """The server's process id."""
-        assert self.proc is not None
-        return self.proc.pid
 
     @property
     def pids(self) -> list[int]:
@@ -131,7 +197,7 @@ class ServerProcess:
         return self.url.replace("http://", "ws://") + "/v1/ws"
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start the process and wait until it prints its address."""
+        """Start the process and wait until it (every worker) prints its address."""
         cmd = [sys.executable, "-m", "plauder.cli", "serve", "--host", "127.0.0.1"]
         cmd += ["--port", "0", "--data", str(self.data), *self.flags]
         if self.workers > 1:
@@ -142,40 +208,7 @@ class ServerProcess:
         env = dict(os.environ)
         if self.src is not None:
             env["PYTHONPATH"] = str(self.src.resolve())
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
-            )
-        self._starts += self.workers  # every worker says where it listens
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = LISTEN.findall(self.log_text())
-            if len(found) >= self._starts:
-                self.url = found[-1]
-                self._ps = psutil.Process(self.proc.pid)
-                return
-            if self.proc.poll() is not None:
-                raise ServerError(f"server exited at start-up:\n{self.log_tail()}")
-            time.sleep(0.02)
-        self.stop()
-        raise ServerError(f"server did not start in {timeout:.0f} s:\n{self.log_tail()}")
-
-    def log_text(self) -> str:
-        """Everything the server printed so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines the server printed."""
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def alive(self) -> bool:
-        """Whether the process runs."""
-        return self.proc is not None and self.proc.poll() is None
-
-    def check(self) -> None:
-        """Raise ServerError if the server died."""
-        if not self.alive():
-            raise ServerError(f"the server died:\n{self.log_tail()}")
+        self._launch(cmd, env, self.workers, timeout)
 
     def snapshot(self) -> Snapshot:
         """CPU time, RSS, threads and open files of the server now."""
@@ -197,17 +230,3 @@ class ServerProcess:
             if name.startswith("plauder_") and value:
                 out[name.removeprefix("plauder_")] = float(value)
         return out
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, wait, SIGKILL if needed; returns the exit status."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        return proc.returncode
