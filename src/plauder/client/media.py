@@ -3,10 +3,13 @@
 import asyncio
 import base64
 import contextlib
+import functools
 import mimetypes
 import os
 import re
 import secrets
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -14,7 +17,7 @@ from typing import BinaryIO
 from plauder.client import media_audio
 from plauder.client.errors import ClientError
 from plauder.client.media_files import MediaKind, PreparedFile, prepare_file
-from plauder.client.media_transfer import MediaTransfer, Progress
+from plauder.client.media_transfer import Growing, MediaTransfer, Progress
 from plauder.client.store import LocalStore
 from plauder.crypto.media import MediaDecryptor, MediaEncryptor, encrypted_size
 from plauder.protocol.content import Media
@@ -111,13 +114,30 @@ class MediaService:
             self._stage, path, kind, keep_metadata, low_data, scratch
         )
         blob = scratch / f"{mid}.blob"
+        stop = threading.Event()
+        encrypting: asyncio.Future[MediaEncryptor] | None = None
         try:
             enc_size = encrypted_size(size)
             media = await self._transfer.reserve(enc_size)
-            encryptor = await asyncio.to_thread(_encrypt_file, out.path, blob)
-            result = encryptor.result
-            await self._transfer.upload(media, blob, enc_size, progress)
+            # encrypt into the scratch file on a thread while the upload sends what is there
+            loop = asyncio.get_running_loop()
+            written = Growing()
+            encrypting = asyncio.ensure_future(
+                asyncio.to_thread(
+                    _encrypt_file,
+                    out.path,
+                    blob,
+                    lambda n: loop.call_soon_threadsafe(written.advance, n),
+                    stop,
+                )
+            )
+            encrypting.add_done_callback(functools.partial(_failed, written=written))
+            await self._transfer.upload(media, blob, enc_size, progress, written)
+            result = (await encrypting).result
         finally:
+            stop.set()
+            if encrypting is not None:
+                await asyncio.gather(encrypting, return_exceptions=True)
             await asyncio.to_thread(_remove, blob, out.path if out.temporary else None)
         return Media(
             id=mid,
@@ -227,14 +247,30 @@ def _extension(mime: str) -> str:
     return mimetypes.guess_extension(mime) or ""
 
 
-def _encrypt_file(src: Path, dst: Path) -> MediaEncryptor:
-    """Encrypt a file into a blob file, a piece at a time (blocking)."""
+def _encrypt_file(
+    src: Path, dst: Path, written: Callable[[int], object], stop: threading.Event
+) -> MediaEncryptor:
+    """Encrypt a file into a blob file, a piece at a time, telling how far it got (blocking)."""
     encryptor = MediaEncryptor()
+    length = 0
     with src.open("rb") as fin, dst.open("wb") as fout:
         while piece := fin.read(PIECE):
-            fout.write(encryptor.feed(piece))
-        fout.write(encryptor.finish())
+            if stop.is_set():
+                raise MediaFileError("the upload stopped")
+            length += fout.write(encryptor.feed(piece))
+            fout.flush()
+            written(length)
+        length += fout.write(encryptor.finish())
+        fout.flush()
+    written(length)
     return encryptor
+
+
+def _failed(task: "asyncio.Future[MediaEncryptor]", written: Growing) -> None:
+    """Pass an encryption thread's error to the upload waiting for its bytes."""
+    error = None if task.cancelled() else task.exception()
+    if error is not None:
+        written.fail(error)
 
 
 def _finish_file(f: BinaryIO, tail: bytes, part: Path, target: Path) -> None:

@@ -67,7 +67,8 @@ def inspect(path: Path) -> FileInfo:
     picture = _picture_mime(path)
     if picture is not None:
         return FileInfo(picture, "image")
-    if guessed is None or guessed == OCTET_STREAM or guessed.startswith(("audio/", "video/")):
+    unnamed = guessed is None or guessed == OCTET_STREAM
+    if (unnamed and _looks_like_av(path)) or (guessed or "").startswith(("audio/", "video/")):
         found = _av_info(path, guessed)
         if found is not None:
             return found
@@ -135,6 +136,25 @@ def prepare_file(
             )
         case _:
             return PreparedFile(src, "file", info.mime, src.name)
+
+
+def _looks_like_av(path: Path) -> bool:
+    """Whether a file without a telling name starts like a sound or video container.
+
+    Asking PyAV costs tens of milliseconds for a file it does not know (it
+    tries every demuxer), so only files with a container's signature go to it.
+    """
+    with path.open("rb") as f:
+        head = f.read(192)
+    return (
+        head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free")  # MP4, MOV, 3GP, M4A
+        or head.startswith((b"\x1a\x45\xdf\xa3", b"OggS", b"fLaC", b"ID3", b"#!AMR"))
+        or (head.startswith(b"RIFF") and head[8:12] in (b"WAVE", b"AVI "))
+        or (head.startswith(b"FORM") and head[8:12] in (b"AIFF", b"AIFC"))
+        or head.startswith(b"\x00\x00\x01\xba")  # MPEG program stream
+        or (len(head) > 188 and head[0] == head[188] == 0x47)  # MPEG transport stream
+        or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)  # MP3 or AAC frame
+    )
 
 
 def _picture_mime(path: Path) -> str | None:

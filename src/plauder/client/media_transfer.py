@@ -77,9 +77,18 @@ class MediaTransfer:
         return token.media
 
     async def upload(
-        self, media: str, path: Path, size: int, progress: Progress | None = None
+        self,
+        media: str,
+        path: Path,
+        size: int,
+        progress: Progress | None = None,
+        written: "Growing | None" = None,
     ) -> None:
-        """Send the file at `path` as blob `media`, resuming at the server's offset on failure."""
+        """Send the file at `path` as blob `media`, resuming at the server's offset on failure.
+
+        With `written`, the file is still being written: each piece is sent
+        once it is there.
+        """
 
         async def attempt() -> None:
             token = await self._token(MediaUpload(id=next_request_id(), size=size, media=media))
@@ -87,11 +96,13 @@ class MediaTransfer:
                 if progress is not None:
                     progress(size, size)
                 return
-            await self._put(token, path, progress)
+            await self._put(token, path, progress, written)
 
         await _retrying(attempt, "upload")
 
-    async def _put(self, token: MediaToken, path: Path, progress: Progress | None) -> None:
+    async def _put(
+        self, token: MediaToken, path: Path, progress: Progress | None, written: "Growing | None"
+    ) -> None:
         session, base = self._session()
         headers = {
             "Authorization": f"Bearer {token.token}",
@@ -101,7 +112,7 @@ class MediaTransfer:
         }
         async with session.put(
             f"{base}/media/{token.media}",
-            data=_read_from(path, token.offset, token.size, progress),
+            data=_read_from(path, token.offset, token.size, progress, written),
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=None, sock_read=60, sock_connect=10),
         ) as resp:
@@ -181,16 +192,47 @@ async def _retrying(attempt: Callable[[], Awaitable[None]], what: str) -> None:
     raise TransferFailed(f"the {what} did not finish: {last}")
 
 
+class Growing:
+    """How far another thread has written a file; readers wait for the bytes they need."""
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.error: BaseException | None = None
+        self._changed = asyncio.Event()
+
+    def advance(self, length: int) -> None:
+        """The file now holds `length` bytes (called on the event loop)."""
+        self.length = length
+        self._changed.set()
+
+    def fail(self, error: BaseException) -> None:
+        """The writer stopped with an error; waiting readers get it."""
+        self.error = error
+        self._changed.set()
+
+    async def wait_for(self, length: int) -> None:
+        """Return once the file holds `length` bytes; raise the writer's error if it failed."""
+        while self.length < length:
+            if self.error is not None:
+                raise self.error
+            self._changed.clear()
+            await self._changed.wait()
+
+
 async def _read_from(
-    path: Path, offset: int, size: int, progress: Progress | None
+    path: Path, offset: int, size: int, progress: Progress | None, written: Growing | None
 ) -> AsyncIterator[bytes]:
     """The bytes of a file from `offset` to `size`, a piece at a time."""
     if progress is not None:
         progress(offset, size)  # where this attempt starts: 0, or where the server stopped
+    if written is not None:
+        await written.wait_for(min(offset + PIECE, size))
     with path.open("rb") as f:
         f.seek(offset)
         done = offset
         while done < size:
+            if written is not None:
+                await written.wait_for(min(done + PIECE, size))
             piece = await asyncio.to_thread(f.read, min(PIECE, size - done))
             if not piece:
                 raise ClientError(f"{path} is shorter than {size} bytes")
