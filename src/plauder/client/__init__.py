@@ -1,5 +1,26 @@
 """The async SDK: `Client` and the events and errors it produces."""
 
+from plauder.client.call_audio import (
+    AudioSink,
+    AudioSource,
+    Discard,
+    FileSource,
+    MemorySink,
+    Microphone,
+    Silence,
+    Speaker,
+    Tone,
+    WavFile,
+)
+from plauder.client.call_errors import (
+    CallError,
+    CallFailed,
+    CallFailure,
+    CallStateError,
+    CallsUnavailable,
+)
+from plauder.client.call_log import CallLogEntry, CallStats
+from plauder.client.calls import Call, CallState
 from plauder.client.chat import Chat
 from plauder.client.client import Client
 from plauder.client.errors import (
@@ -14,10 +35,12 @@ from plauder.client.errors import (
     UntrustedDevices,
 )
 from plauder.client.events import (
+    CallStateChanged,
     DecryptionError,
     Event,
     GroupChanged,
     IdentityChanged,
+    IncomingCall,
     MessageReceived,
     PresenceChanged,
     ReceiptReceived,
@@ -31,30 +54,51 @@ from plauder.protocol.frames import GroupSettings
 
 __all__ = [
     "Attachment",
+    "AudioSink",
+    "AudioSource",
     "BadServerUrl",
+    "Call",
+    "CallError",
+    "CallFailed",
+    "CallFailure",
+    "CallLogEntry",
+    "CallState",
+    "CallStateChanged",
+    "CallStateError",
+    "CallStats",
+    "CallsUnavailable",
     "Chat",
     "Client",
     "ClientError",
     "ConnectionLost",
     "DecryptionError",
+    "Discard",
     "Event",
+    "FileSource",
     "Group",
     "GroupChanged",
     "GroupSettings",
     "Groups",
     "HistoryEntry",
     "IdentityChanged",
+    "IncomingCall",
     "MediaFileError",
+    "MemorySink",
     "MessageReceived",
+    "Microphone",
     "NotConnected",
     "NotRegistered",
     "PresenceChanged",
     "ReceiptReceived",
     "ServerError",
+    "Silence",
+    "Speaker",
+    "Tone",
     "TransferFailed",
     "TypingChanged",
     "UnknownContact",
     "UnknownGroup",
     "UntrustedDevices",
+    "WavFile",
     "receipt_summary",
 ]

@@ -9,7 +9,8 @@ The parts, each built once here and handed what it needs:
 - `Outbox` (outbox.py): encrypting, queueing and transmitting sends;
 - `Inbox` (inbox.py): processing pushes, storing messages, acknowledging them;
 - `Groups` (groups.py, with group_*.py): end-to-end encrypted groups;
-- `MediaService` (media.py, media_transfer.py): files, photos and voice notes.
+- `MediaService` (media.py, media_transfer.py): files, photos and voice notes;
+- `Calls` (calls.py, call_media.py, call_audio.py, call_log.py): voice calls.
 """
 
 import asyncio
@@ -18,6 +19,17 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from plauder.client.call_audio import AudioSink, AudioSource
+from plauder.client.call_log import CallLog
+from plauder.client.calls import (
+    RING_SECONDS,
+    SETUP_SECONDS,
+    Call,
+    CallParts,
+    Calls,
+    CallSettings,
+    IncomingHandler,
+)
 from plauder.client.chat import Chat, ChatParts
 from plauder.client.connection import next_request_id
 from plauder.client.contacts import Contacts
@@ -70,6 +82,9 @@ class Client:
     in an order drawn per client (`shuffle_servers=False`: the listed order).
     `server_timeout` bounds each attempt, `connect_timeout` how long a call
     waits for a connection on any of them.
+
+    A voice call rings for `ring_timeout` seconds before it is missed, and its
+    media must connect within `call_setup_timeout` seconds of the answer.
     """
 
     def __init__(
@@ -83,6 +98,8 @@ class Client:
         connect_timeout: float = 30.0,
         server_timeout: float = 10.0,
         shuffle_servers: bool = True,
+        ring_timeout: float = RING_SECONDS,
+        call_setup_timeout: float = SETUP_SECONDS,
     ) -> None:
         self.number = _normalize(number)
         self.profile_dir = profile_dir
@@ -123,6 +140,19 @@ class Client:
         )
         self.media = MediaService(self.store, MediaTransfer(self._link), profile_dir / "media")
         """Uploads and downloads of files, and where downloads go by default."""
+        self.calls = Calls(
+            CallParts(
+                self.number,
+                lambda: self._profile.device_id,
+                self._outbox,
+                self._link,
+                self.clock,
+                CallLog(self.store),
+                self._events,
+                CallSettings(ring_timeout=ring_timeout, setup_timeout=call_setup_timeout),
+            )
+        )
+        """Voice calls: the one in progress, the call log."""
         self._inbox = Inbox(
             self._profile,
             self._keys,
@@ -146,6 +176,7 @@ class Client:
             ),
             group_keys=group_keys,
             attach=self.media.attachment,
+            calls=self.calls.receive,
         )
         self.groups = Groups(
             GroupParts(
@@ -286,6 +317,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        await self.calls.close()  # tells the other side, while the link is still up
         with contextlib.suppress(ClientError, TimeoutError):
             async with asyncio.timeout(2.0):
                 await self._inbox.flush_acks()
@@ -439,6 +471,33 @@ class Client:
         self._watching = wanted
         self._inbox.forget_presence(wanted)
         await self._request(WatchPresence(id=next_request_id(), numbers=wanted))
+
+    # --- calls ---------------------------------------------------------------------------
+
+    async def call(
+        self,
+        number: str,
+        source: AudioSource | None = None,
+        sink: AudioSink | None = None,
+        *,
+        low_data: bool = False,
+        relay_only: bool = False,
+    ) -> Call:
+        """Ring a contact's devices; returns the call once the server took the offer.
+
+        Sound comes from `source` and goes to `sink` (call_audio.py: a file,
+        a tone, memory, a WAV file; by default the microphone and speaker, if
+        any). `low_data` caps Opus at 12 kbit/s for both directions;
+        `relay_only` sends the media through the server's TURN relay only.
+        Follow the call with `call.wait_state(...)` or CallStateChanged events.
+        """
+        return await self.calls.call(
+            _normalize(number), source, sink, low_data=low_data, relay_only=relay_only
+        )
+
+    def on_incoming_call(self, handler: IncomingHandler) -> None:
+        """Run `handler(call)` for every call that rings here (IncomingCall events say it too)."""
+        self.calls.on_incoming(handler)
 
     # --- receiving -----------------------------------------------------------------------
 

@@ -2,9 +2,13 @@
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from plauder.client.media import Attachment, MediaFileError
 from plauder.client.media_transfer import Progress
+
+if TYPE_CHECKING:
+    from plauder.client.calls import Call
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,27 @@ class GroupChanged:
     text: str  # the line shown in the chat
 
 
+@dataclass(frozen=True, slots=True)
+class IncomingCall:
+    """A contact calls and this device rings: `call.accept()`, `call.reject()`."""
+
+    call: "Call"
+
+    @property
+    def peer(self) -> str:
+        """Who calls."""
+        return self.call.peer
+
+
+@dataclass(frozen=True, slots=True)
+class CallStateChanged:
+    """A call moved on: `state` is a CallState value, `reason` says how a call ended."""
+
+    call: "Call"
+    state: str
+    reason: str = ""
+
+
 Event = (
     MessageReceived
     | ReceiptReceived
@@ -110,4 +135,6 @@ Event = (
     | IdentityChanged
     | DecryptionError
     | GroupChanged
+    | IncomingCall
+    | CallStateChanged
 )

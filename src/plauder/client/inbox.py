@@ -31,6 +31,13 @@ from plauder.client.tasks import Background
 from plauder.clock import Clock
 from plauder.crypto import CryptoError, DecryptionFailed
 from plauder.protocol.content import (
+    CallAnswer,
+    CallHangup,
+    CallOffer,
+    CallReject,
+    CallRinging,
+    CallSelect,
+    CallSignal,
     Content,
     GroupKey,
     Media,
@@ -86,8 +93,10 @@ class Inbox:
         groups: GroupInbox,
         group_keys: GroupKeys,
         attach: Callable[[str, str, Media], Attachment],
+        calls: Callable[[str, int, int, CallSignal], None],
     ) -> None:
         self._attach = attach
+        self._calls = calls
         self._number = profile.number
         self._store = profile.store
         self._keys = keys
@@ -346,4 +355,13 @@ class Inbox:
                 return [TypingChanged(env.sender, content.active)]
             case GroupKey():
                 return self._groups.apply_key(env.sender, device, content)
+            case (
+                CallOffer()
+                | CallRinging()
+                | CallAnswer()
+                | CallSelect()
+                | CallReject()
+                | CallHangup()
+            ):
+                self._calls(env.sender, env.sender_device, env.ts, content)  # no row, no receipt
         return []
