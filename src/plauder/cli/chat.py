@@ -10,7 +10,7 @@ from typing import Any
 
 import segno
 
-from plauder.cli import groups, media
+from plauder.cli import calls, groups, media
 from plauder.cli.output import Printer, fail
 from plauder.client import (
     BadServerUrl,
@@ -74,6 +74,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="download, decrypt and check every received file into DIR",
     )
+    calls.add_receive_options(p)
     p.set_defaults(run=receive)
 
     p = add("mark-read", help="mark a chat read and send read receipts")
@@ -128,6 +129,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         sub.choices[name].set_defaults(is_async=True)
     groups.add_parsers(sub, common, _client)
     media.add_parsers(sub, common, _client)
+    calls.add_parsers(sub, common, _client)
 
 
 def _is_number(text: str) -> bool:
@@ -218,6 +220,8 @@ async def receive(args: argparse.Namespace) -> int:
         if args.download_dir is not None and isinstance(ev, MessageReceived) and ev.media:
             await media.save(ev.media, args.download_dir, out)
 
+    if args.auto_answer:
+        calls.auto_answer(client, args, out)
     try:
         await client.start(receive=True)
         if args.follow or args.timeout:

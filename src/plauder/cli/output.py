@@ -8,10 +8,13 @@ from dataclasses import asdict
 from typing import Any
 
 from plauder.client import (
+    CallLogEntry,
+    CallStateChanged,
     DecryptionError,
     Event,
     GroupChanged,
     IdentityChanged,
+    IncomingCall,
     MessageReceived,
     PresenceChanged,
     ReceiptReceived,
@@ -49,6 +52,10 @@ class Printer:
             print(json.dumps({"type": kind, **fields}, ensure_ascii=False), flush=True)
         else:
             print(text, flush=True)
+
+    def note(self, text: str) -> None:
+        """A remark for people, on standard error (never in the JSON output)."""
+        print(f"plauder: {text}", file=sys.stderr, flush=True)
 
     def event(self, ev: Event) -> None:
         """Print an SDK event."""
@@ -103,6 +110,29 @@ class Printer:
                     old_key=ev.old_key,
                     new_key=ev.new_key,
                 )
+            case IncomingCall():
+                call = ev.call
+                low = " (low data)" if call.low_data else ""
+                self.emit(
+                    "incoming_call",
+                    f"📞 {call.peer} is calling{low} (call {call.id[:8]})",
+                    call=call.id,
+                    peer=call.peer,
+                    low_data=call.low_data,
+                )
+            case CallStateChanged():
+                self.emit(
+                    "call_state",
+                    f"📞 call with {ev.call.peer}: {CALL_STATES.get(ev.state, ev.state)}"
+                    + (f" ({ev.reason})" if ev.reason else "")
+                    + (f": {ev.call.error}" if ev.call.error else ""),
+                    call=ev.call.id,
+                    peer=ev.call.peer,
+                    direction=ev.call.direction,
+                    state=ev.state,
+                    reason=ev.reason,
+                    **({"error": ev.call.error} if ev.call.error else {}),
+                )
             case DecryptionError():
                 self.emit(
                     "error",
@@ -111,6 +141,32 @@ class Printer:
                     device=ev.sender_device,
                     reason=ev.reason,
                 )
+
+    def call_log(self, entry: CallLogEntry) -> None:
+        """One line of the call log."""
+        arrow = "→" if entry.direction == "outgoing" else "←"
+        how = entry.state + (f" ({entry.reason})" if entry.reason else "")
+        facts = [how]
+        if entry.connected is not None:
+            facts.append(_duration(round(entry.duration * 1000)))
+        if entry.bytes_total:
+            facts.append(usage(entry))
+        if entry.low_data:
+            facts.append("low data")
+        if entry.relayed:
+            facts.append("relayed")
+        self.emit(
+            "call",
+            f"[{when(entry.started)}] {arrow} {entry.peer}: {', '.join(facts)}",
+            **_call_fields(entry),
+        )
+
+    def call_summary(self, entry: CallLogEntry) -> None:
+        """How a call went, once it is over."""
+        text = f"call with {entry.peer} {entry.state}"
+        if entry.connected is not None:
+            text += f" after {_duration(round(entry.duration * 1000))}, {usage(entry)}"
+        self.emit("call_summary", text, **_call_fields(entry))
 
     def history(self, entries: list[HistoryEntry]) -> None:
         """Print a chat's history (a group's system lines with a dash instead of a sender)."""
@@ -133,6 +189,33 @@ class Printer:
                 status=e.status,
                 **({"media": media_fields(e.media, e.media_path)} if e.media else {}),
             )
+
+
+CALL_STATES = {
+    "outgoing": "calling…",
+    "ringing": "ringing…",
+    "connecting": "connecting…",
+    "connected": "connected",
+    "ended": "ended",
+    "rejected": "declined",
+    "busy": "busy",
+    "missed": "missed",
+    "failed": "failed",
+}
+
+
+def usage(entry: CallLogEntry) -> str:
+    """A call's bytes in words: in all and per minute."""
+    text = human_size(entry.bytes_total)
+    if entry.duration:
+        text += f" ({human_size(round(entry.bytes_per_minute))}/min)"
+    return text
+
+
+def _call_fields(entry: CallLogEntry) -> dict[str, Any]:
+    fields = asdict(entry)
+    fields.update(duration=round(entry.duration, 1), bytes_per_minute=round(entry.bytes_per_minute))
+    return fields
 
 
 def human_size(n: int) -> str:
