@@ -120,7 +120,11 @@ class OpusTrack(MediaStreamTrack):
         codec.layout = "mono"
         codec.sample_rate = RATE
         codec.time_base = _TIME_BASE
-        codec.options = {"application": "voip", "frame_duration": str(self._frame_ms)}
+        codec.options = {
+            "application": "voip",
+            "frame_duration": str(self._frame_ms),
+            "vbr": "constrained",  # the bitrate is a cap, not an average that tones exceed
+        }
         return codec
 
     async def recv(self) -> "Packet[Any]":
