@@ -287,6 +287,22 @@ async def test_caller_cancels_while_ringing(make_client: MakeClient, loopback: N
     assert (call.reason, ringing.reason) == ("cancelled", "cancelled")
 
 
+async def test_a_ringing_device_that_closes_does_not_decline(
+    make_client: MakeClient, loopback: None
+) -> None:
+    alice: Client = await make_client()
+    bob: Client = await make_client()
+    bob_side = Callee(bob, action="nothing")
+    call = await alice.call(bob.number, Tone(440), MemorySink())
+    ringing = await bob_side.call()
+    await bob.close()
+    assert (ringing.state, ringing.reason) == (CallState.MISSED, "closed")
+    await asyncio.sleep(0.5)
+    assert call.state is CallState.RINGING  # another device could still answer
+    await call.hangup()
+    assert call.reason == "cancelled"
+
+
 async def add_device(first: Client, server: ServerProcess, folder: Path, **kw: Any) -> Client:
     """A second device of `first`'s account, as device linking would make it (started).
 

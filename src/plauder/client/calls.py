@@ -380,6 +380,10 @@ class Call:
 
         self._ring_timer = self._calls.spawn(ring())
 
+    def stop_ringing(self) -> None:
+        """This device goes away while the call rings: missed here, nothing said."""
+        self._set(CallState.MISSED, "closed")
+
     def attach(self, media: "MediaSession") -> None:
         """The media of an outgoing call, made with its offer."""
         self._media = media
@@ -694,8 +698,14 @@ class Calls:
         self._calls.pop(call.id, None)
 
     async def close(self) -> None:
-        """Hang up every call (telling the other sides, briefly) and stop the timers."""
+        """Hang up every call (telling the other sides, briefly) and stop the timers.
+
+        A call that only rings here stops ringing without declining it: another
+        device of the account may still take it.
+        """
         for call in list(self._calls.values()):
+            if not call.outgoing and call.state is CallState.RINGING:
+                call.stop_ringing()
             with contextlib.suppress(ClientError, TimeoutError):
                 async with asyncio.timeout(2.0):
                     await call.hangup()
