@@ -7,12 +7,14 @@ so what arrives, arrives through Redis and not through the periodic resync.
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
@@ -140,6 +142,58 @@ async def test_messages_cross_nodes_live(cluster: Cluster) -> None:
     a, b = await metrics(cluster.a), await metrics(cluster.b)
     assert a["redis_connected"] == b["redis_connected"] == 1
     assert a["cluster_published"] > 0 and b["cluster_received"] > 0
+
+
+async def test_a_send_stored_by_a_node_that_died_before_routing_it_arrives_live(
+    cluster: Cluster,
+) -> None:
+    """Node b commits alice's send and dies before it routes it; alice repeats it on a.
+
+    The repeat is a duplicate, yet it must reach bob, live on a, at once: not at
+    his feed's next resync (300 s here) or reconnect.
+    """
+    bob = await cluster.client(cluster.a)
+    alice = await cluster.client(cluster.b, start=False)
+    await alice.start(servers=[cluster.b.url, cluster.a.url])  # b first, then a
+    assert alice.server == cluster.b.url
+    await alice.send_text(bob.number, "warm-up")  # the Olm session, and bob is live
+    assert (await next_of(bob, MessageReceived, timeout=3)).body == "warm-up"
+    db = await asyncpg.connect(cluster.a.options["database"])
+    try:
+
+        async def queued() -> int:
+            return int(await db.fetchval("SELECT count(*) FROM envelopes"))
+
+        async def quiet() -> bool:  # acked, and the delivered receipt too
+            return await queued() == 0 and alice.history(bob.number)[-1].status == "delivered"
+
+        await wait_for(quiet, 5, "the warm-up acked and its receipt delivered and acked")
+
+        async def waiting() -> bool:
+            return bool(
+                await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%INSERT INTO sent_messages%'"
+                )
+            )
+
+        async def committed() -> bool:
+            return await queued() == 1
+
+        async with db.transaction():
+            await db.execute("LOCK TABLE envelopes IN SHARE MODE")  # held until the block ends
+            sending = asyncio.create_task(alice.send_text(bob.number, "stored, not routed"))
+            await wait_for(waiting, 5, "node b's commit of the send waits for the lock")
+            assert cluster.b.proc is not None
+            cluster.b.proc.send_signal(signal.SIGSTOP)  # it cannot route what it commits
+            await asyncio.sleep(0.2)
+        await wait_for(committed, 5, "node b's send committed")  # while b is stopped
+    finally:
+        await db.close()
+        cluster.b.kill()  # its publishes never left it
+    mid = await sending  # alice repeats it on a and gets `sent` (a duplicate)
+    got = await next_of(bob, MessageReceived, timeout=5)
+    assert (got.body, got.id) == ("stored, not routed", mid)
 
 
 async def test_the_same_device_on_the_other_node_closes_the_first(cluster: Cluster) -> None:

@@ -68,9 +68,6 @@ async def cluster(
             node_id=name,
             secret_file=str(secret),
             drain_seconds=1,
-            # a publish lost with a killed node is recovered by the feeds' periodic
-            # resync: shorter than SETTLE_SECONDS, so the test sees that recovery
-            resync_seconds=15,
         )
         for name in NODES
     }

@@ -167,3 +167,27 @@ async def test_a_read_older_than_an_ack_does_not_push_the_acked_envelope_again(
     await asyncio.sleep(0.2)
     assert socket.eids() == [eid]
     feed.close()
+
+
+async def test_a_feed_reads_nothing_before_it_is_started(store: Store) -> None:
+    """The router subscribes the device's channel before the gateway starts the feed.
+
+    An offer (from a sender on the same node) or a resync during that wait must
+    not read the queue early: an envelope committed after such a read, whose
+    notice went out before the subscription, would never be offered.
+    """
+    alice, bob = await register(store, "+4915100000001"), await register(store, "+4915100000002")
+    first = await send(store, alice, bob, b"offered while attaching")
+    row = (await store.fetch_queued(bob.device_pk, 0, 1))[0]
+    socket = Socket()
+    feed = DeviceFeed(store, bob.device_pk, socket.send, lambda: True, window=10)
+    frame = Envelope(eid=first, sender=row.sender, sender_device=1, type=1, body=row.body, ts=1)
+    await feed.offer(first, codec.encode(frame))
+    feed.resync()
+    await asyncio.sleep(0.1)
+    assert socket.frames == []  # nothing read, nothing pushed
+    unheard = await send(store, alice, bob, b"its notice came before the subscription")
+    feed.start()
+    await settle(socket, 2)
+    assert socket.eids() == [first, unheard]
+    feed.close()

@@ -222,7 +222,9 @@ async def test_same_cmid_twice_is_stored_once(store: Store) -> None:
     again = await store.store_message(alice, cmid, to(bob, b"hello"), 2_000)
 
     assert (first.duplicate, len(first.deliveries)) == (False, 1)
-    assert (again.duplicate, again.deliveries) == (True, ())
+    # the repeat routes what is still queued again: the node that stored the send
+    # may have died before it routed it
+    assert (again.duplicate, again.deliveries) == (True, first.deliveries)
     assert again.ts == first.ts == 1_000  # the time of the stored message
     assert await queued_bodies(store, bob) == [b"hello"]
 
@@ -230,8 +232,24 @@ async def test_same_cmid_twice_is_stored_once(store: Store) -> None:
     (queued,) = await store.fetch_queued(bob.device_pk, 0, 10)
     assert await store.ack(bob.device_pk, [queued.eid]) == 1
     late = await store.store_message(alice, cmid, to(bob, b"hello"), 3_000)
-    assert late.duplicate
+    assert (late.duplicate, late.deliveries) == (True, ())
     assert await queued_bodies(store, bob) == []
+
+
+async def test_a_repeated_send_routes_only_its_own_queued_envelopes(store: Store) -> None:
+    alice, bob = await register(store, ALICE), await register(store, BOB)
+    carol = await register(store, "+4915100000003")
+    cmid = secrets.token_bytes(16)
+    first = await store.store_message(alice, cmid, [*to(bob, b"b"), *to(carol, b"c")], 1_000)
+    await store.store_message(alice, secrets.token_bytes(16), to(bob, b"later"), 1_001)
+    await store.store_message(bob, secrets.token_bytes(16), to(carol, b"bob's"), 1_000)
+    await store.ack(
+        carol.device_pk, [d.eid for d in first.deliveries if d.device_pk == carol.device_pk]
+    )
+
+    again = await store.store_message(alice, cmid, [*to(bob, b"b"), *to(carol, b"c")], 2_000)
+    assert again.duplicate
+    assert again.deliveries == tuple(d for d in first.deliveries if d.device_pk == bob.device_pk)
 
 
 async def test_cmids_are_per_sending_device(store: Store) -> None:
@@ -265,6 +283,39 @@ async def test_a_group_message_is_kept_until_its_last_member_acked_it(store: Sto
         left = await store.run(_bodies)
         # the body stays while carol has not acked; it goes with the last reference
         assert (b"megolm" in left) is (member is bob)
+
+
+async def test_a_repeated_group_send_routes_what_is_still_queued(store: Store) -> None:
+    alice, bob, carol = [await register(store, n) for n in (ALICE, BOB, "+4915100000003")]
+    gid = secrets.token_bytes(16)
+    limits = groups.GroupLimits(max_members=8, max_groups=8)
+    now = 1_800_000_000_000
+    await store.run(groups.create, alice, gid, [BOB, carol.number], GroupSettings(), limits, now)
+    listing = await store.run(groups.member_devices, alice, gid, [])
+    cmid = secrets.token_bytes(16)
+    sent = await store.run(
+        groups.send, alice, gid, cmid, b"megolm", listing.digest, "message", now + 1
+    )
+    (fanout,) = sent.fanouts
+    await store.ack(bob.device_pk, [eid for pk, eid in fanout.targets if pk == bob.device_pk])
+
+    again = await store.run(
+        groups.send, alice, gid, cmid, b"megolm", listing.digest, "message", now + 2
+    )
+    assert (again.duplicate, again.ts) == (True, now + 1)
+    # carol's envelope is routed again (the first node may have died before routing
+    # it); bob's is gone
+    assert again.fanouts == [
+        groups.Fanout(
+            gid,
+            ALICE,
+            alice.device_id,
+            fanout.type,
+            b"megolm",
+            now + 1,
+            [t for t in fanout.targets if t[0] == carol.device_pk],
+        )
+    ]
 
 
 async def _bodies(tx: Tx) -> list[bytes]:

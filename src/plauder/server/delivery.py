@@ -50,10 +50,18 @@ class DeviceFeed:
         self._dirty = False
         self._drained_sent = False
         self._pump: asyncio.Task[None] | None = None
+        self._started = False
         self._closed = False
 
     def start(self) -> None:
-        """Begin pushing what is queued."""
+        """Begin pushing what is queued.
+
+        Nothing is read before: offers and resyncs that come earlier (while the
+        router subscribes the device's channel) only mark what to read. A read
+        before the subscription could miss an envelope whose notice went out
+        before it, and then go live without it.
+        """
+        self._started = True
         self._kick()
 
     def close(self) -> None:
@@ -110,7 +118,7 @@ class DeviceFeed:
             self._kick()
 
     def _kick(self) -> None:
-        if self._closed or (self._pump is not None and not self._pump.done()):
+        if not self._started or self._closed or (self._pump is not None and not self._pump.done()):
             return
         self._pump = asyncio.get_running_loop().create_task(self._run())
 

@@ -152,8 +152,9 @@ class Groups:
         )
         if not result.duplicate:
             self._metrics.messages_stored += 1
-        # routed before answering, as for `send`: each feed gets its envelopes in order
-        await self.route(result.fanouts)
+        # routed before answering, as for `send`: each feed gets its envelopes in order; a
+        # repeat routes what is still queued again (its first node may have died before)
+        await self.route(result.fanouts, count=not result.duplicate)
         return Sent(id=frame.id, ts=result.ts, duplicate=result.duplicate)
 
     async def _devices(
@@ -184,8 +185,8 @@ class Groups:
         low = [(pk, n) for pk, n in listing.drawn if n < self._config.keys_low_threshold]
         return answer, low
 
-    async def route(self, fanouts: list[ops.Fanout]) -> None:
-        """Offer each stored group envelope to its device's connection."""
+    async def route(self, fanouts: list[ops.Fanout], count: bool = True) -> None:
+        """Offer each stored group envelope to its device's connection (counted if new)."""
         deliver = self._router.deliver
         for f in fanouts:
             frame = codec.envelope_encoder(
@@ -201,7 +202,8 @@ class Groups:
             )
             for device_pk, eid in f.targets:
                 await deliver(device_pk, eid, frame(eid))
-            self._metrics.group_envelopes_queued += len(f.targets)
+            if count:
+                self._metrics.group_envelopes_queued += len(f.targets)
         self._router.flush()
 
     def _numbers(

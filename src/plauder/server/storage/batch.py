@@ -124,10 +124,10 @@ class SendPlan:
             self.outcomes[i] = StoredMessage(op.now_ms, False, tuple(deliveries))
         return rows, repeated
 
-    def repeated(self, i: int, first_ts: int | None) -> None:
-        """Record that send i was stored before, at first_ts."""
+    def repeated(self, i: int, first_ts: int | None, queued: tuple[Delivery, ...] = ()) -> None:
+        """Record that send i was stored before, at first_ts; `queued` is routed again."""
         ts = self.ops[i].now_ms if first_ts is None else first_ts
-        self.outcomes[i] = StoredMessage(ts, True, ())
+        self.outcomes[i] = StoredMessage(ts, True, queued)
 
     def results(self) -> list[Outcome]:
         """One outcome per op, in order."""

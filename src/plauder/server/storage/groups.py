@@ -215,8 +215,8 @@ async def send(
     if kind == "state" and group.settings.edit == "admins" and role != ADMIN:
         raise ServiceError(ErrorCode.NOT_ALLOWED, "only admins may edit this group's info")
     first = await queries.first_ts(tx, actor.device_pk, cmid)
-    if first is not None:
-        return SendResult(first, True, [])
+    if first is not None:  # routed again: the node that stored it may have died before routing
+        return SendResult(first, True, await _still_queued(tx, gid, actor, first))
     devices = await _device_set(tx, group)
     if digest != devices.digest_for(actor.device_pk):
         raise ServiceError(
@@ -549,6 +549,33 @@ async def _fan_out(
     eids = await tx.insert_refs(pks, kind, now_ms, int(row[0]))
     targets = list(zip(pks, eids, strict=True))
     return Fanout(gid, actor.number, actor.device_id, kind, body, now_ms, targets)
+
+
+async def _still_queued(tx: Tx, gid: bytes, actor: Sender, ts: int) -> list[Fanout]:
+    """The actor's group envelopes stored at ts that are still queued, one Fanout per body.
+
+    Another message of the device in the same millisecond comes along; offering
+    a queued envelope again is harmless (a feed ignores one it pushed already).
+    """
+    rows = await tx.fetchall(
+        "SELECT g.id, g.body, e.type, e.device_pk, e.id FROM group_messages g "
+        "JOIN envelopes e ON e.ts = g.ts AND e.message_id = g.id "
+        "WHERE g.ts = ? AND g.gid = ? AND g.sender = ? AND g.sender_device = ? "
+        "ORDER BY e.id",
+        ts,
+        gid,
+        actor.number,
+        actor.device_id,
+    )
+    fanouts: dict[int, Fanout] = {}
+    for message_id, body, kind, device_pk, eid in rows:
+        fanout = fanouts.get(int(message_id))
+        if fanout is None:
+            fanout = fanouts[int(message_id)] = Fanout(
+                gid, actor.number, actor.device_id, int(kind), bytes(body), ts, []
+            )
+        fanout.targets.append((int(device_pk), int(eid)))
+    return list(fanouts.values())
 
 
 async def _group(tx: Tx, gid: bytes, lock: Lock | None = None) -> _Group:

@@ -256,7 +256,7 @@ async def _outcomes(
         tx = PgTx(con)
         for i in repeated:
             op = sends[i]
-            plan.repeated(i, await queries.first_ts(tx, op.sender.device_pk, op.cmid))
+            plan.repeated(i, *await queries.repeat_of(tx, op.sender, op.cmid))
     return counts, plan.results()
 
 

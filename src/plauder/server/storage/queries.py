@@ -10,16 +10,18 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
 from plauder.protocol.errors import ErrorCode
-from plauder.protocol.frames import DeviceKeys, SignedKey
+from plauder.protocol.frames import DeviceKeys, OutEnvelope, SignedKey
 from plauder.protocol.limits import MAX_STORED_ONE_TIME_KEYS
 from plauder.server.errors import ServiceError
 from plauder.server.storage.base import (
     AuthDevice,
     CodeCheck,
+    Delivery,
     DeviceRow,
     PresenceInfo,
     QueuedEnvelope,
     Registration,
+    Sender,
 )
 from plauder.server.storage.schema import MIGRATIONS, statements
 
@@ -329,6 +331,41 @@ async def first_ts(tx: Tx, device_pk: int, cmid: bytes) -> int | None:
         "SELECT ts FROM sent_messages WHERE device_pk = ? AND cmid = ?", device_pk, cmid
     )
     return int(row[0]) if row else None
+
+
+async def repeat_of(tx: Tx, sender: Sender, cmid: bytes) -> tuple[int | None, tuple[Delivery, ...]]:
+    """When a repeated send was first stored, and its envelopes still queued, in id order.
+
+    A repeat is routed again with those: the node that stored the send first
+    may have died between its commit and routing them. Another send of the
+    device in the same millisecond comes along; offering a queued envelope
+    again is harmless (a feed ignores one it pushed already).
+    """
+    rows = await tx.fetchall(
+        "SELECT s.ts, e.id, e.device_pk, a.number, d.device_id, e.type, e.body "
+        "FROM sent_messages s "
+        "LEFT JOIN envelopes e ON e.ts = s.ts AND e.sender = ? AND e.sender_device = ? "
+        "AND e.message_id IS NULL "
+        "LEFT JOIN devices d ON d.pk = e.device_pk "
+        "LEFT JOIN accounts a ON a.id = d.account_id "
+        "WHERE s.device_pk = ? AND s.cmid = ? ORDER BY e.id",
+        sender.number,
+        sender.device_id,
+        sender.device_pk,
+        cmid,
+    )
+    if not rows:
+        return None, ()
+    queued = tuple(
+        Delivery(
+            int(r[2]),
+            int(r[1]),
+            OutEnvelope(to=str(r[3]), device_id=int(r[4]), type=int(r[5]), body=bytes(r[6])),
+        )
+        for r in rows
+        if r[1] is not None and r[3] is not None
+    )
+    return int(rows[0][0]), queued
 
 
 async def delete_own(tx: Tx, device_pk: int, eids: list[int]) -> int:

@@ -112,7 +112,7 @@ def store_sends(
     tx = SqliteTx(c)
     for i in repeated:
         op = ops[i]
-        plan.repeated(i, queries.run_sync(queries.first_ts(tx, op.sender.device_pk, op.cmid)))
+        plan.repeated(i, *queries.run_sync(queries.repeat_of(tx, op.sender, op.cmid)))
     for rows_chunk in _chunks(rows):
         c.execute(
             "INSERT INTO envelopes (id, device_pk, sender, sender_device, type, body, ts) "
