@@ -99,6 +99,11 @@ async def talk(
     assert await call.wait_state(CallState.CONNECTED, timeout=10) is CallState.CONNECTED
     await asyncio.sleep(seconds)
     stats = await call.refresh_stats()
+    for _ in range(50):  # the first round trip is known once RTCP reports met (0.5-1.5 s apart)
+        if stats.round_trip_time is not None:
+            break
+        await asyncio.sleep(0.1)
+        stats = await call.refresh_stats()
     await call.hangup()
     answered = await callee.call()
     await ended_together(call, answered, CallState.ENDED, CallState.ENDED)
@@ -123,7 +128,7 @@ async def test_tones_cross_both_ways_over_loopback(make_client: MakeClient, loop
     (inc,) = bob.calls.log()
     assert (out.direction, out.state, out.peer) == ("outgoing", "ended", bob.number)
     assert (inc.direction, inc.state, inc.peer) == ("incoming", "ended", alice.number)
-    assert 2.0 < out.duration < 5.0 and out.bytes_total > 0 and inc.bytes_total > 0
+    assert 2.0 < out.duration < 10.0 and out.bytes_total > 0 and inc.bytes_total > 0
 
 
 async def relayed_clients(
