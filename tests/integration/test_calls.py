@@ -21,7 +21,7 @@ from plauder.client.call_audio import RATE, MemorySink, Tone
 from plauder.client.call_errors import CallFailed, CallFailure
 from plauder.client.calls import Call, CallState
 from plauder.crypto import Device
-from plauder.protocol.content import CallOffer, CallSignal
+from plauder.protocol.content import CallHangup, CallOffer, CallReject, CallSignal
 from tests.conftest import ServerProcess, register
 from tests.integration.test_messaging import next_of
 from tests.services import Coturn
@@ -290,6 +290,39 @@ async def test_caller_cancels_while_ringing(make_client: MakeClient, loopback: N
     await call.hangup()
     await ended_together(call, ringing, CallState.ENDED, CallState.MISSED)
     assert (call.reason, ringing.reason) == ("cancelled", "cancelled")
+
+
+async def test_call_messages_from_others_or_naming_another_device_are_ignored(
+    make_client: MakeClient, loopback: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice: Client = await make_client()
+    bob: Client = await make_client()
+    carol: Client = await make_client()
+    bob_side = Callee(bob, action="nothing")
+    call = await alice.call(bob.number, Tone(440), MemorySink())
+    ringing = await bob_side.call()
+    # a third account cannot end a call it is not in, even knowing its id
+    await carol.calls.signal(bob.number, CallHangup(call=call.id, reason="hangup", device=1))
+    await carol.calls.signal(alice.number, CallReject(call=call.id, reason="busy", device=1))
+    await asyncio.sleep(0.5)
+    assert ringing.state is CallState.RINGING and call.state is CallState.RINGING
+    await call.hangup()
+    await ended_together(call, ringing, CallState.ENDED, CallState.MISSED)
+
+    # an offer that names another device than the one that sent it does not ring
+    signal = alice.calls.signal
+
+    async def misnamed(peer: str, content: CallSignal) -> None:
+        if isinstance(content, CallOffer):
+            content = msgspec.structs.replace(content, device=content.device + 1)
+        await signal(peer, content)
+
+    monkeypatch.setattr(alice.calls, "signal", misnamed)
+    second = await alice.call(bob.number, Tone(440), MemorySink())
+    await asyncio.sleep(1.0)
+    assert len(bob_side.calls) == 1 and second.state is CallState.OUTGOING
+    assert [e.id for e in bob.calls.log()] == [call.id]
+    await second.hangup()
 
 
 async def test_a_ringing_device_that_closes_does_not_decline(

@@ -575,13 +575,16 @@ class Calls:
         """A peer connection with the server's TURN relay, if it has one."""
         module = media_module()
         relay = await self._relay()
-        session: MediaSession = module.MediaSession(
-            source if source is not None else default_source(),
-            sink if sink is not None else default_sink(),
-            low_data=low_data,
-            relay=relay,
-            relay_only=relay_only,
-        )
+        source = source if source is not None else default_source()
+        sink = sink if sink is not None else default_sink()
+        try:
+            session: MediaSession = module.MediaSession(
+                source, sink, low_data=low_data, relay=relay, relay_only=relay_only
+            )
+        except BaseException:
+            source.close()  # the session would have closed them at the end
+            sink.close()
+            raise
         return session
 
     async def _relay(self) -> "Relay | None":
