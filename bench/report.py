@@ -81,6 +81,30 @@ ROWS: list[tuple[str, str, str, str, tuple[str, float] | None]] = [
     ("e2e", "latency_ms.p50", "send->receipt p50", "ms", None),
     ("e2e", "latency_ms.p99", "send->receipt p99", "ms", None),
     ("e2e", "send_text_ms.p50", "send_text (until `sent`) p50", "ms", None),
+    # calls: direct on loopback (host candidates on 127.0.0.1), then relay-only through coturn
+    ("calls", "setup_ms.p50", "set-up, dial->connected p50", "ms", ("<=", 300.0)),
+    ("calls", "setup_ms.p99", "set-up, dial->connected p99", "ms", None),
+    ("calls", "callee_setup_ms.p50", "dial->callee connected p50", "ms", None),
+    ("calls", "ring_ms.p50", "dial->callee rings p50", "ms", None),
+    ("calls", "first_call_setup_ms", "first call's set-up (imports)", "ms", None),
+    ("calls", "speech_bytes_per_minute", "bytes/min, speech, default", "B", None),
+    ("calls", "speech_low_bytes_per_minute", "bytes/min, speech, low-data", "B", None),
+    ("calls", "speech_low_over_default", "low-data / default bytes", "ratio", ("<=", 0.4)),
+    ("calls", "tone_low_over_default", "low-data / default, SDK tone", "ratio", None),
+    ("calls", "speech_clients_cpu_pct_per_call", "clients' CPU per call", "%", None),
+    ("calls", "speech_low_clients_cpu_pct_per_call", "clients' CPU per low-data call", "%", None),
+    ("calls", "tone_clients_cpu_pct_per_call", "clients' CPU per call, SDK tone", "%", None),
+    ("calls", "server_cpu_ms_per_setup", "server CPU per call set up", "ms", None),
+    ("calls-relay", "setup_ms.p50", "relay-only set-up p50", "ms", None),
+    ("calls-relay", "setup_ms.p99", "relay-only set-up p99", "ms", None),
+    ("calls-relay", "max_ok_calls", "relayed calls at once, <1% late", "calls", None),
+    ("calls-relay", "first_failed_calls", "first level with late frames", "calls", None),
+    ("calls-relay", "at_max_late_share", "late frames at that max", "ratio", None),
+    ("calls-relay", "at_max_lateness_ms_p99", "frame lateness p99 at that max", "ms", None),
+    ("calls-relay", "at_max_clients_cpu_pct_per_call", "clients' CPU per relayed call", "%", None),
+    ("calls-relay", "at_max_coturn_cpu_pct_per_call", "coturn CPU per relayed call", "%", None),
+    ("calls-relay", "at_max_server_cpu_pct_per_call", "server CPU per relayed call", "%", None),
+    ("calls-relay", "at_max_clients_cores", "clients' CPU at that max", "cores", None),
 ]
 
 # group-fanout on SQLite, and the same with the "pg-" prefix on PostgreSQL + Redis; the
@@ -185,6 +209,7 @@ TARGET_SIZES: dict[str, tuple[tuple[str, float], ...]] = {
     "cross-node": (("offered_per_s", 2000),),
     "group-fanout": (("members", 1000), ("offered_per_s", 20)),
     "pg-group-fanout": (("members", 1000), ("offered_per_s", 20)),
+    "calls": (("setup_calls", 20), ("call_seconds", 20)),
 }
 
 

@@ -1,11 +1,13 @@
-"""`python -m bench.run [idle|pairs|backends|cross|e2e|group-fanout|media ...] [options]`.
+"""`python -m bench.run [idle|pairs|backends|cross|e2e|group-fanout|media|calls ...] [options]`.
 
 With no scenario, the default suite runs: idle with 19,000 connections; backends (pairs
 with 1,000 clients, closed loop then paced at 2,000 messages/s, on SQLite and then on
 PostgreSQL + Redis with 2 server workers); cross (2,000 messages/s across two nodes,
 then on one); e2e with 10 pairs; group-fanout (one group of 1,000 online members, 20
 group messages/s); media (files of 1 MiB and 100 MiB through the SDK, beside a plain
-HTTP upload and download of the same bytes).
+HTTP upload and download of the same bytes); calls (voice calls through the SDK: set-up time
+on loopback, bytes per minute in default and low-data mode, then relay-only calls through a
+coturn of the bench's own, 1, 2, 3, 4, 6, 8, ... at once until audio frames arrive late).
 """
 
 import argparse
@@ -18,6 +20,7 @@ from pathlib import Path
 from bench import report
 from bench.backends import BACKENDS
 from bench.harness import Settings
+from bench.scenarios.calls import CallsParams, run_direct, run_relayed
 from bench.scenarios.cluster import run_backends, run_cross, section
 from bench.scenarios.e2e import E2eParams, run_e2e
 from bench.scenarios.groups import GroupParams, run_groups
@@ -28,8 +31,8 @@ from bench.workers import Args, raise_file_limit
 from plauder.client.inbox import ACK_INTERVAL
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("idle", "pairs", "backends", "cross", "e2e", "group-fanout", "media")
-DEFAULT_SUITE = ("idle", "backends", "cross", "e2e", "group-fanout", "media")
+SCENARIOS = ("idle", "pairs", "backends", "cross", "e2e", "group-fanout", "media", "calls")
+DEFAULT_SUITE = ("idle", "backends", "cross", "e2e", "group-fanout", "media", "calls")
 DEFAULT_RATES = [MAX, 2000.0]
 CROSS_RATES = [2000.0]
 
@@ -90,7 +93,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--media-reps", type=int, help="media: sends per size (10 up to 16 MiB, 3 above)"
     )
     p.add_argument(
-        "--workers", type=int, help="load-generator processes (idle 4, pairs 2, group-fanout 2)"
+        "--setup-calls", type=int, default=20, help="calls: calls one after the other, timed"
+    )
+    p.add_argument(
+        "--call-seconds",
+        type=float,
+        default=20.0,
+        help="calls: length of the default and the low-data call (bytes per minute)",
+    )
+    p.add_argument(
+        "--max-calls",
+        type=int,
+        default=64,
+        help="calls: the ramp's last level (1, 2, 3, 4, 6, ...)",
+    )
+    p.add_argument(
+        "--call-window", type=float, default=10.0, help="calls: seconds each ramp level is measured"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="load-generator processes (idle 4, pairs 2, group-fanout 2, calls' ramp 4)",
     )
     p.add_argument(
         "--ack-interval",
@@ -103,7 +126,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--backend",
         choices=BACKENDS,
         default="sqlite",
-        help="idle, pairs, e2e, group-fanout, media: SQLite, or PostgreSQL + Redis (the bench's)",
+        help="idle, pairs, e2e, group-fanout, media, calls: SQLite, or PostgreSQL + Redis",
     )
     p.add_argument(
         "--server-workers",
@@ -201,6 +224,19 @@ async def run_one(name: str, args: argparse.Namespace, results: dict[str, list[A
         media.sizes_mib = args.media_size or media.sizes_mib
         for size in await run_media(media, settings):
             results.setdefault(size["section"], []).append(size)
+    elif name == "calls":
+        calls = CallsParams(
+            setup_calls=args.setup_calls,
+            seconds=args.call_seconds,
+            tone_seconds=args.call_seconds / 2,
+            max_calls=args.max_calls,
+            window=args.call_window,
+        )
+        calls.workers = args.workers or calls.workers
+        direct = await run_direct(calls, settings)  # kept if the relayed part fails
+        results.setdefault(direct["section"], []).append(direct)
+        relayed = await run_relayed(calls, settings)
+        results.setdefault(relayed["section"], []).append(relayed)
 
 
 async def run(args: argparse.Namespace) -> tuple[dict[str, list[Args]], list[str]]:
