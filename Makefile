@@ -18,11 +18,15 @@ run: $(STAMP)
 	$(BIN)/plauder serve
 
 # Every test on the embedded SQLite, then everything that touches storage again on
-# PostgreSQL + Redis (the tests start both themselves; `.ci/run` installs them). The CLI
-# tests are not rerun: they test the command line, whose storage paths the others cover.
+# PostgreSQL + Redis (the tests start both themselves; `.ci/run` installs them). Not rerun:
+# the CLI tests (the command line, whose storage paths the others cover), the calls and
+# TURN tests (no storage of their own), and the SDK media tests (their storage paths are
+# test_media_server.py's, which is rerun).
 BACKEND_TESTS := tests/integration tests/unit/test_server_services.py tests/unit/test_feed.py \
 	--ignore=tests/integration/test_cli.py --ignore=tests/integration/test_groups_cli.py \
-	--ignore=tests/integration/test_media_cli.py --ignore=tests/integration/test_calls_cli.py
+	--ignore=tests/integration/test_media_cli.py --ignore=tests/integration/test_calls_cli.py \
+	--ignore=tests/integration/test_calls.py --ignore=tests/integration/test_turn.py \
+	--ignore=tests/integration/test_media.py
 
 test: $(STAMP)
 	$(BIN)/pytest -q
