@@ -6,6 +6,7 @@ a `Server` in the test's own loop with a `ManualClock`.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import random
@@ -402,22 +403,28 @@ async def test_tokens_expire(
 # --- expiry, with the clock moved (a server in this process) ---------------------------
 
 
+@contextlib.asynccontextmanager
+async def in_process(
+    data: Path, clock: ManualClock, options: dict[str, str]
+) -> AsyncIterator[Server]:
+    """A server in the test's loop, on a free port and the test's clock; stopped at the end."""
+    server = Server(load_config({"data": str(data), "port": "0", **options}, env={}), clock=clock)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
 @pytest.fixture
 async def local(
     tmp_path: Path, backend_options: Callable[[str], dict[str, str]]
 ) -> AsyncIterator[tuple[Server, ManualClock]]:
     """A server in the test's loop on a clock the test moves; sweeps only when asked."""
     clock = ManualClock(now_ms=int(time.time() * 1000))
-    options = {
-        "data": str(tmp_path / "local"),
-        "port": "0",
-        "media_quota_bytes": "100000",
-        **backend_options("local"),
-    }
-    server = Server(load_config(options, env={}), clock=clock)
-    await server.start()
-    yield server, clock
-    await server.stop()
+    options = {"media_quota_bytes": "100000", **backend_options("local")}
+    async with in_process(tmp_path / "local", clock, options) as server:
+        yield server, clock
 
 
 async def test_expired_blobs_are_unknown_at_once_and_swept_from_disk(
@@ -471,15 +478,11 @@ async def test_the_periodic_sweep_deletes_expired_blobs(
 ) -> None:
     clock = ManualClock(now_ms=int(time.time() * 1000))
     options = {
-        "data": str(tmp_path / "swept"),
-        "port": "0",
         "sweep_interval_seconds": "0.1",
         "media_retention_days": "1",
         **backend_options("swept"),
     }
-    server = Server(load_config(options, env={}), clock=clock)
-    await server.start()
-    try:
+    async with in_process(tmp_path / "swept", clock, options) as server:
         alice = await local_user(session, server, NUMBERS[-3])
         media = await alice.upload(b"bald weg")
         assert blob_files(server.config.media_path) == {media}
@@ -489,8 +492,6 @@ async def test_the_periodic_sweep_deletes_expired_blobs(
                 await asyncio.sleep(0.05)
         assert await alice.error(MediaDownload(id=rid(), media=media)) == ErrorCode.UNKNOWN_MEDIA
         await alice.wire.close()
-    finally:
-        await server.stop()
 
 
 # --- durability ------------------------------------------------------------------------

@@ -23,10 +23,9 @@ from plauder.clock import ManualClock
 from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import Error, GetTurn, Ping, Pong, Turn
 from plauder.server.app import Server
-from plauder.server.config import load_config
 from tests.conftest import ServerProcess
 from tests.integration.test_bad_input import Wire, rid
-from tests.integration.test_media_server import User, local_user, user
+from tests.integration.test_media_server import User, in_process, local_user, user
 from tests.services import Coturn
 
 ServerFactory = Callable[..., ServerProcess]
@@ -190,17 +189,9 @@ async def past(
 ) -> AsyncIterator[tuple[Server, ManualClock]]:
     """A server in the test's loop whose clock the test moves, sharing coturn's secret."""
     clock = ManualClock(now_ms=int(time.time() * 1000) - 61_000)  # 61 s ago
-    options = {
-        "data": str(tmp_path / "past"),
-        "port": "0",
-        "turn_ttl_seconds": "60",
-        **coturn.server_options(),
-        **backend_options("past"),
-    }
-    server = Server(load_config(options, env={}), clock=clock)
-    await server.start()
-    yield server, clock
-    await server.stop()
+    options = {"turn_ttl_seconds": "60", **coturn.server_options(), **backend_options("past")}
+    async with in_process(tmp_path / "past", clock, options) as server:
+        yield server, clock
 
 
 async def test_expired_credentials_get_401_from_coturn(

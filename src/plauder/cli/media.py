@@ -105,19 +105,11 @@ async def save(attachment: Attachment, folder: Path, out: Printer) -> None:
     )
 
 
-def _one(client: Client, message_id: str) -> Attachment:
-    found = client.find_media(message_id)
-    if len(found) != 1:
-        what = "no message" if not found else f"{len(found)} messages"
-        raise ClientError(f"{what} with a file match {message_id!r}: see `history`")
-    return found[0]
-
-
 async def get(args: argparse.Namespace, client: Callable[..., Client]) -> int:
     """Download a message's file and print where it was saved."""
     c = client(args)
     try:
-        attachment = _one(c, args.message_id)
+        attachment = c.media_of(args.message_id)
         await c.start(receive=False)
         with progress_bar(f"⬇ {attachment.name or 'file'}", not args.json) as progress:
             path = await attachment.download(args.out, progress)
@@ -137,7 +129,7 @@ async def play(args: argparse.Namespace, client: Callable[..., Client]) -> int:
     """Play a voice note (or write it as WAV with --out)."""
     c = client(args)
     try:
-        attachment = _one(c, args.message_id)
+        attachment = c.media_of(args.message_id)
         if attachment.kind not in ("voice", "audio"):
             raise ClientError(f"message {attachment.message_id} is a {attachment.kind}, not audio")
         await c.start(receive=False)

@@ -420,6 +420,17 @@ class Client:
             for sender, content, _ in self.store.media(message_id)
         ]
 
+    def media_of(self, message_id: str) -> Attachment:
+        """The file of the one message whose id starts with `message_id`.
+
+        Raises MediaFileError when no message with a file, or several, match.
+        """
+        found = self.find_media(message_id)
+        if len(found) != 1:
+            what = "no message" if not found else f"{len(found)} messages"
+            raise MediaFileError(f"{what} with a file match {message_id!r}: see `history`")
+        return found[0]
+
     async def download(
         self,
         message_id: str,
@@ -431,11 +442,7 @@ class Client:
         `message_id` may be a unique prefix. Raises MediaFileError when no
         message or several match.
         """
-        found = self.find_media(message_id)
-        if len(found) != 1:
-            what = "no message" if not found else f"{len(found)} messages"
-            raise MediaFileError(f"{what} with a file match {message_id!r}")
-        return await found[0].download(to, progress)
+        return await self.media_of(message_id).download(to, progress)
 
     async def mark_read(self, number: str) -> list[str]:
         """Mark a chat's received messages read and tell the sender; returns their ids."""
