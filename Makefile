@@ -28,9 +28,17 @@ BACKEND_TESTS := tests/integration tests/unit/test_server_services.py tests/unit
 	--ignore=tests/integration/test_calls.py --ignore=tests/integration/test_turn.py \
 	--ignore=tests/integration/test_media.py
 
+# The two passes run side by side (their tests mostly wait on servers and disks): the
+# PostgreSQL pass writes to .test-postgres.log, printed after the SQLite pass's own output.
 test: $(STAMP)
-	$(BIN)/pytest -q
-	PLAUDER_TEST_BACKEND=postgres $(BIN)/pytest -q $(BACKEND_TESTS)
+	@PLAUDER_TEST_BACKEND=postgres $(BIN)/pytest -q -p no:cacheprovider $(BACKEND_TESTS) \
+		>.test-postgres.log 2>&1 & pg=$$!; \
+	echo "== SQLite pass (PostgreSQL + Redis pass beside it)"; \
+	$(BIN)/pytest -q; sqlite=$$?; \
+	wait $$pg; postgres=$$?; \
+	echo "== PostgreSQL + Redis pass"; cat .test-postgres.log; \
+	echo "== SQLite: exit $$sqlite, PostgreSQL + Redis: exit $$postgres"; \
+	test $$sqlite -eq 0 -a $$postgres -eq 0
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

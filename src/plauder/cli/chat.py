@@ -8,8 +8,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import segno
-
 from plauder.cli import calls, groups, media
 from plauder.cli.output import Printer, fail
 from plauder.client import (
@@ -288,6 +286,8 @@ async def safety(args: argparse.Namespace) -> int:
         qr=payload,
     )
     if not args.json and not args.no_qr:
+        import segno  # only this command draws a QR code
+
         segno.make(payload, error="m").terminal(compact=True)
     return 0
 

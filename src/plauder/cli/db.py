@@ -6,7 +6,6 @@ from typing import Any
 
 from plauder.cli.output import Printer
 from plauder.server.config import load_config
-from plauder.server.storage.schema import MIGRATIONS
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -30,6 +29,7 @@ async def upgrade(args: argparse.Namespace) -> int:
     """Migrate the configured database to the latest schema."""
     config = load_config({"database": args.database, "data": args.data}, config_file=args.config)
     from plauder.server.storage.factory import open_store  # see serve.run
+    from plauder.server.storage.schema import MIGRATIONS
 
     store = open_store(config)
     await store.start()

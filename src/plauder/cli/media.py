@@ -8,14 +8,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 from plauder.cli.output import Printer, human_size
 from plauder.client import Chat, Client, ClientError, Group
 from plauder.client.media import Attachment
@@ -48,6 +40,14 @@ def progress_bar(label: str, enabled: bool) -> Iterator[ProgressCallback | None]
     if not enabled:
         yield None
         return
+    from rich.progress import (  # loaded only when a bar may be drawn
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     bar = Progress(
         "[progress.description]{task.description}",
         BarColumn(),

@@ -15,10 +15,10 @@ import logging
 import math
 import threading
 import wave
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Protocol
 
-from plauder.client.media_audio import load_sounddevice, pcm_chunks
 from plauder.client.media_errors import AudioUnavailable
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class FileSource:
         self.path = Path(path)
         self.loop = loop
         self.finished = False
-        self._chunks = pcm_chunks(self.path, RATE)
+        self._chunks = self._open()
         self._buffer = bytearray(next(self._chunks, b""))  # fails now for a soundless file
 
     async def read(self, samples: int) -> bytes:
@@ -111,12 +111,18 @@ class FileSource:
                 if not self.loop:
                     break
                 self._chunks.close()
-                self._chunks = pcm_chunks(self.path, RATE)
+                self._chunks = self._open()
                 continue
             self._buffer += chunk
         out = bytes(self._buffer[:wanted])
         del self._buffer[:wanted]
         return out + bytes(wanted - len(out))
+
+    def _open(self) -> Generator[bytes, None, None]:
+        """The file's sound from its start, in chunks of 16-bit mono PCM."""
+        from plauder.client.media_audio import pcm_chunks  # PyAV, loaded on first use
+
+        return pcm_chunks(self.path, RATE)
 
     def close(self) -> None:
         """Close the file."""
@@ -129,6 +135,8 @@ class _SoundDevice:
     """
 
     def __init__(self, device: int | str | None, kind: str) -> None:
+        from plauder.client.media_audio import load_sounddevice
+
         self._sd = load_sounddevice(f"a sound {kind} device")
         try:
             self._sd.query_devices(device, kind=kind)

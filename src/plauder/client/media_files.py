@@ -1,6 +1,8 @@
 """Files before sending: what kind of file it is, and the copy and description to send.
 
-Blocking and free of network I/O: the SDK calls these in a thread.
+Blocking and free of network I/O: the SDK calls these in a thread. PyAV and
+Pillow load on first use, so that a client that sends no file (and every
+command of the CLI) does not pay for importing them.
 """
 
 import mimetypes
@@ -8,14 +10,6 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-
-import av
-import av.error
-from PIL import Image, UnidentifiedImageError
-
-from plauder.client.media_audio import VOICE_MIME, audio_duration_ms, encode_voice
-from plauder.client.media_images import IMAGE_MIME, prepare_image
-from plauder.client.media_video import probe_video, video_stream
 
 MediaKind = Literal["file", "image", "video", "audio", "voice"]
 OCTET_STREAM = "application/octet-stream"
@@ -90,6 +84,10 @@ def prepare_file(
     files are sent as they are. Copies are written into `scratch`. Raises
     UnreadableMedia when the file cannot be read as the kind asked for.
     """
+    from plauder.client.media_audio import VOICE_MIME, audio_duration_ms, encode_voice
+    from plauder.client.media_images import prepare_image
+    from plauder.client.media_video import probe_video
+
     if kind == "voice":
         note = scratch / f"{secrets.token_hex(8)}.ogg"
         voice = encode_voice(src, note, low_data=low_data)
@@ -159,6 +157,10 @@ def _looks_like_av(path: Path) -> bool:
 
 def _picture_mime(path: Path) -> str | None:
     """The MIME type of a picture sent as an image, by its header; None for anything else."""
+    from PIL import Image, UnidentifiedImageError
+
+    from plauder.client.media_images import IMAGE_MIME
+
     try:
         with Image.open(path) as img:
             return IMAGE_MIME.get(img.format or "")
@@ -168,6 +170,11 @@ def _picture_mime(path: Path) -> str | None:
 
 def _av_info(path: Path, guessed: str | None) -> FileInfo | None:
     """Kind and MIME type of a video or sound PyAV can open; None for anything else."""
+    import av
+    import av.error
+
+    from plauder.client.media_video import video_stream
+
     try:
         with av.open(str(path)) as container:
             mimes = _AV_MIME.get(container.format.name)

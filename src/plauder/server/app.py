@@ -11,6 +11,7 @@ import secrets
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -20,7 +21,6 @@ from plauder.server import http, logs, workers
 from plauder.server.accounts import Accounts, code_limit
 from plauder.server.blobs import BlobStore, DiskBlobStore
 from plauder.server.calls import Calls, load_turn_secret
-from plauder.server.cluster import RedisLimiter, RedisLink, RedisPresence, RedisRouter
 from plauder.server.config import Config, ConfigError
 from plauder.server.errors import StorageError
 from plauder.server.gateway import Gateway
@@ -36,6 +36,9 @@ from plauder.server.ratelimit import KeyedLimiter, KeyLimiter
 from plauder.server.router import LocalRouter, Router
 from plauder.server.sms import CodeSender, ConsoleSender, HttpSender
 from plauder.server.storage.factory import open_store
+
+if TYPE_CHECKING:
+    from plauder.server.cluster import RedisLink
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +65,13 @@ class Server:
         board: PresenceBoard
         per_number: KeyLimiter
         if config.redis:
-            self.link = RedisLink(config.redis, config.redis_namespace, config.node_id)
-            self.router = RedisRouter(self.link, config.resync_seconds)
-            board = RedisPresence(self.link)
-            per_number = RedisLimiter(self.link, "code", *code_limit(config))
+            # the Redis client loads only for a cluster node
+            from plauder.server import cluster
+
+            self.link = cluster.RedisLink(config.redis, config.redis_namespace, config.node_id)
+            self.router = cluster.RedisRouter(self.link, config.resync_seconds)
+            board = cluster.RedisPresence(self.link)
+            per_number = cluster.RedisLimiter(self.link, "code", *code_limit(config))
         else:
             self.router = LocalRouter()
             board = LocalBoard()
