@@ -268,10 +268,12 @@ async def test_size_limit_and_quota_are_refused_before_the_upload(
         with pytest.raises(ServerError) as exc:
             await alice.send_file(bob.number, big)
         assert exc.value.code == "media_too_large"
+        exact = tmp_path / "exact.bin"  # the limit is the file's size, not its blob's
+        exact.write_bytes(os.urandom(1024 * 1024))
+        await alice.send_file(bob.number, exact)
         half = tmp_path / "half.bin"
-        half.write_bytes(os.urandom(700 * 1024))
-        await alice.send_file(bob.number, half)
-        await alice.send_file(bob.number, half)  # 1.4 MB of 1.5 MB used
+        half.write_bytes(os.urandom(400 * 1024))
+        await alice.send_file(bob.number, half)  # 1.4 MiB of 1.5 MiB used
         with pytest.raises(ServerError) as exc:
             await alice.send_file(bob.number, half)
         assert exc.value.code == "quota_exceeded"

@@ -25,6 +25,7 @@ import pytest
 
 from plauder.clock import ManualClock
 from plauder.crypto import AccountKey, Device
+from plauder.crypto.media import encrypted_size
 from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import Error, MediaDownload, MediaToken, MediaUpload
 from plauder.server.app import Server
@@ -269,13 +270,15 @@ async def test_sizes_above_the_limits_are_refused_before_any_byte(
     welcome = await (await Wire.open(session, server)).hello()
     assert welcome.limits.max_media_bytes == 1000  # announced
     alice = await user(session, server, numbers)
-    assert await alice.error(MediaUpload(id=rid(), size=1001)) == ErrorCode.MEDIA_TOO_LARGE
+    blob = encrypted_size(1000)  # the limit is the file's: its blob's header and tag on top
+    assert blob == 1041
+    assert await alice.error(MediaUpload(id=rid(), size=blob + 1)) == ErrorCode.MEDIA_TOO_LARGE
     assert await alice.error(MediaUpload(id=rid(), size=0)) == ErrorCode.INVALID_REQUEST
     assert await alice.error(MediaUpload(id=rid(), size=-5)) == ErrorCode.INVALID_REQUEST
     assert server.sql("SELECT count(*) FROM media") == [(0,)]
 
-    tok = await alice.reserve(1000)
-    status, answer = await alice.put(tok.media, tok.token, b"x" * 1001)  # Content-Length
+    tok = await alice.reserve(blob)
+    status, answer = await alice.put(tok.media, tok.token, b"x" * (blob + 1))  # Content-Length
     assert (status, answer["code"]) == (413, ErrorCode.MEDIA_TOO_LARGE)
     assert await alice.head(tok.media, tok.token) == (200, 0)
 
@@ -296,11 +299,11 @@ async def test_sizes_above_the_limits_are_refused_before_any_byte(
     held = answer["offset"]
     assert held == 800  # what fitted was kept
     assert await alice.head(tok.media, tok.token) == (200, held)
-    status, answer = await alice.put(tok.media, tok.token, b"z" * 200, offset=held)
-    assert (status, answer) == (200, {"offset": 1000, "complete": True})
-    assert await alice.fetch(tok.media) == b"z" * 1000
+    status, answer = await alice.put(tok.media, tok.token, b"z" * (blob - held), offset=held)
+    assert (status, answer) == (200, {"offset": blob, "complete": True})
+    assert await alice.fetch(tok.media) == b"z" * blob
     # nothing more goes into a complete blob
-    status, answer = await alice.put(tok.media, tok.token, b"more", offset=1000)
+    status, answer = await alice.put(tok.media, tok.token, b"more", offset=blob)
     assert (status, answer["code"]) == (413, ErrorCode.MEDIA_TOO_LARGE)
 
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from plauder.client import media_audio
 from plauder.client.errors import ClientError
 from plauder.client.media_files import MediaKind, PreparedFile, prepare_file
 from plauder.client.media_transfer import Growing, MediaTransfer, Progress
@@ -118,7 +117,8 @@ class MediaService:
         encrypting: asyncio.Future[MediaEncryptor] | None = None
         try:
             enc_size = encrypted_size(size)
-            media = await self._transfer.reserve(enc_size)
+            reserved = await self._transfer.reserve(enc_size)
+            media = reserved.media
             # encrypt into the scratch file on a thread while the upload sends what is there
             loop = asyncio.get_running_loop()
             written = Growing()
@@ -132,7 +132,7 @@ class MediaService:
                 )
             )
             encrypting.add_done_callback(functools.partial(_failed, written=written))
-            await self._transfer.upload(media, blob, enc_size, progress, written)
+            await self._transfer.upload(reserved, blob, progress, written)
             result = (await encrypting).result
         finally:
             stop.set()
@@ -171,10 +171,14 @@ class MediaService:
 
     async def to_wav(self, src: Path, dst: Path) -> int:
         """Convert a voice note or sound to WAV; returns its length in milliseconds."""
+        from plauder.client import media_audio  # PyAV, loaded on first use
+
         return await asyncio.to_thread(media_audio.to_wav, src, dst)
 
     async def play(self, path: Path) -> None:
         """Play a voice note or sound on the default output (AudioUnavailable if none)."""
+        from plauder.client import media_audio
+
         await asyncio.to_thread(media_audio.play, path)
 
     async def download(

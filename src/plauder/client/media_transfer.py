@@ -68,30 +68,35 @@ class MediaTransfer:
         assert isinstance(answer, MediaToken)
         return answer
 
-    async def reserve(self, size: int) -> str:
-        """Reserve a blob of `size` bytes on the server; returns its id.
+    async def reserve(self, size: int) -> MediaToken:
+        """Reserve a blob of `size` bytes on the server; its id and a token to upload it.
 
         Raises ServerError media_too_large, quota_exceeded or rate_limited.
         """
-        token = await self._token(MediaUpload(id=next_request_id(), size=size))
-        return token.media
+        return await self._token(MediaUpload(id=next_request_id(), size=size))
 
     async def upload(
         self,
-        media: str,
+        reserved: MediaToken,
         path: Path,
-        size: int,
         progress: Progress | None = None,
         written: "Growing | None" = None,
     ) -> None:
-        """Send the file at `path` as blob `media`, resuming at the server's offset on failure.
+        """Send the file at `path` as the blob `reserved`, resuming at the server's offset.
 
-        With `written`, the file is still being written: each piece is sent
-        once it is there.
+        The first attempt uses the reservation's token; a later one asks for a
+        new token and the offset the server holds. With `written`, the file is
+        still being written: each piece is sent once it is there.
         """
+        media, size = reserved.media, reserved.size
+        first: MediaToken | None = reserved
 
         async def attempt() -> None:
-            token = await self._token(MediaUpload(id=next_request_id(), size=size, media=media))
+            nonlocal first
+            token = first or await self._token(
+                MediaUpload(id=next_request_id(), size=size, media=media)
+            )
+            first = None
             if token.offset >= size:
                 if progress is not None:
                     progress(size, size)

@@ -17,4 +17,4 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_keys_per_upload: int = 100
     keys_low_threshold: int = 10
     max_group_members: int = 1024
-    max_media_bytes: int = 100 * 1024 * 1024  # ciphertext bytes of one blob
+    max_media_bytes: int = 100 * 1024 * 1024  # bytes of one file; its blob may be larger

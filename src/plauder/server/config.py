@@ -55,7 +55,7 @@ class Config:
     dedup_ttl_days: int = 30  # how long a send's cmid is remembered against repeats
     sweep_interval_seconds: float = 3600.0
     # media: encrypted blobs uploaded and downloaded over HTTP
-    max_media_bytes: int = 100 * 1024 * 1024  # ciphertext bytes of one blob (at most 2 GiB)
+    max_media_bytes: int = 100 * 1024 * 1024  # bytes of one file (at most 2 GiB)
     media_quota_bytes: int = 2 * 1024**3  # bytes of unexpired blobs an account may hold
     media_uploads_per_hour: int = 60  # new uploads per account
     media_retention_days: int = 30  # a complete blob is deleted this long after its upload

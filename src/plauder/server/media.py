@@ -10,6 +10,7 @@ import logging
 import secrets
 
 from plauder.clock import Clock
+from plauder.crypto.media import encrypted_size
 from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import MediaDownload, MediaRequest, MediaToken, MediaUpload
 from plauder.server.blobs import ID, BlobStore
@@ -64,11 +65,12 @@ class MediaService:
                 return self._token(frame.id, Purpose.GET, row, actor.account_id, 0, now)
 
     async def _reserve(self, frame: MediaUpload, actor: Sender, now: int) -> MediaToken:
+        # the limit is the file's: its blob may be larger by the encryption's header and tags
         limit = self._config.max_media_bytes
         if frame.size <= 0:
             raise ServiceError(ErrorCode.INVALID_REQUEST, "size must be positive")
-        if frame.size > limit:
-            raise ServiceError(ErrorCode.MEDIA_TOO_LARGE, f"media may have at most {limit} bytes")
+        if frame.size > encrypted_size(limit):
+            raise ServiceError(ErrorCode.MEDIA_TOO_LARGE, f"a file may have at most {limit} bytes")
         media = secrets.token_hex(16)
         expires = now + UPLOAD_WINDOW_MS
         await self.store.run(
