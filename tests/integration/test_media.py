@@ -1,9 +1,13 @@
 """Files, photos and voice notes through a real server with the real SDK."""
 
 import array
+import asyncio
 import itertools
 import math
 import os
+import signal
+import subprocess
+import sys
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +18,13 @@ import msgspec
 import pytest
 from PIL import Image
 
-from plauder.client import Attachment, Client, MessageReceived, ServerError
-from plauder.crypto.media import MediaMismatch, MediaTampered, MediaTruncated
+from plauder.client import Attachment, Client, MessageReceived, NotConnected, ServerError
+from plauder.crypto.media import MediaMismatch, MediaTampered, MediaTruncated, encrypted_size
 from tests.conftest import ServerProcess
 from tests.integration.test_messaging import next_of
 
 MakeClient = Callable[..., Any]
+HERE = Path(__file__).parent
 GPS_IFD = 0x8825
 
 
@@ -280,3 +285,58 @@ async def test_size_limit_and_quota_are_refused_before_the_upload(
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_a_file_cut_off_by_a_crash_or_sent_offline_goes_out_later(
+    make_client: MakeClient, server: ServerProcess, tmp_path: Path
+) -> None:
+    alice, bob = await make_client(), await make_client()
+    await alice.send_text(bob.number, "gleich kommt ein Film")
+    await alice.close()
+
+    # the sending process dies at 60% of the upload: the file goes on from the server's offset
+    film = tmp_path / "film.bin"
+    plain = os.urandom(24 * 1024 * 1024)
+    film.write_bytes(plain)
+    sender = [str(HERE / "crashy_sender.py"), str(alice.profile_dir), alice.number]
+    crash = subprocess.run(
+        [sys.executable, *sender, bob.number, str(film), "0.6"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crash.returncode == -signal.SIGKILL, crash.stdout + crash.stderr
+    _, mid, blob_id = crash.stdout.split()
+    held = (server.data / "media" / "partial" / blob_id).stat().st_size
+    assert 0 < held < encrypted_size(len(plain))
+
+    alice = Client(alice.profile_dir, alice.number)
+    try:
+        assert alice.history(bob.number)[-1].status == "pending"  # shown while it waits
+        await alice.start()
+        got = await received_file(bob)
+        assert got.id == mid and got.media is not None
+        assert got.media.content.media == blob_id  # the same upload, continued
+        assert (await got.download(tmp_path / "in")).read_bytes() == plain
+        async with asyncio.timeout(10):
+            while alice.history(bob.number)[-1].status == "pending":
+                await asyncio.sleep(0.02)
+        assert not list((alice.profile_dir / "media" / "outgoing").iterdir())
+
+        # sent while the server is down: queued, and out once it is back
+        server.kill()
+        src = photo(tmp_path / "station.jpg")
+        with pytest.raises(NotConnected):
+            await alice.chat(bob.number).send_file(src, caption="von unterwegs", timeout=1.0)
+        entry = alice.history(bob.number)[-1]
+        assert (entry.status, entry.body, entry.media is not None) == (
+            "pending",
+            "von unterwegs",
+            True,
+        )
+        server.start()
+        got = await received_file(bob)
+        assert got.body == "von unterwegs" and got.id == entry.id
+        assert pixels(await got.download(tmp_path / "in")) == pixels(src)
+    finally:
+        await alice.close()

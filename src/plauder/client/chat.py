@@ -8,7 +8,7 @@ from plauder.client.outbox import Outbox
 from plauder.client.sending import SEND_TIMEOUT, FileSending
 from plauder.client.store import HistoryEntry, LocalStore
 from plauder.clock import Clock
-from plauder.protocol.content import Media, Text, encode_content
+from plauder.protocol.content import Text, encode_content
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,17 +43,12 @@ class Chat(FileSending):
         return mid
 
     @property
-    def _media_parts(self) -> tuple[MediaService, Clock]:
-        return self._parts.media, self._parts.clock
+    def _media_parts(self) -> tuple[MediaService, Outbox, Clock]:
+        return self._parts.media, self._parts.outbox, self._parts.clock
 
-    async def _post(
-        self, cmid: bytes, content: Media, message: tuple[str, str, int], timeout: float
-    ) -> None:
-        outbox = self._parts.outbox
-        entry = await outbox.queue(
-            self.peer, cmid, encode_content(content), message=message, media=content
-        )
-        await outbox.await_sent(entry, timeout)
+    @property
+    def _conversation(self) -> tuple[str, bool]:
+        return self.peer, False
 
     def history(self, limit: int = 50) -> list[HistoryEntry]:
         """The last messages of the chat, oldest first."""

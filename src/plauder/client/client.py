@@ -16,7 +16,7 @@ The parts, each built once here and handed what it needs:
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from plauder.client.call_audio import AudioSink, AudioSource
@@ -51,7 +51,7 @@ from plauder.client.media_transfer import MediaTransfer, Progress
 from plauder.client.outbox import Outbox
 from plauder.client.profile import Profile
 from plauder.client.servers import ServerOrder
-from plauder.client.store import HistoryEntry, LocalStore, OutboxEntry
+from plauder.client.store import HistoryEntry, LocalStore, MediaJob, OutboxEntry
 from plauder.client.tasks import Background
 from plauder.clock import Clock, SystemClock
 from plauder.crypto import (
@@ -61,7 +61,7 @@ from plauder.crypto import (
     safety_number,
     safety_qr_payload,
 )
-from plauder.protocol.content import Receipt, Typing, encode_content
+from plauder.protocol.content import Media, Receipt, Typing, encode_content
 from plauder.protocol.frames import (
     ClientFrame,
     Registered,
@@ -138,7 +138,9 @@ class Client:
         self._outbox = Outbox(
             self._profile, self._keys, self._contacts, self._link, self.clock, background, sender
         )
-        self.media = MediaService(self.store, MediaTransfer(self._link), profile_dir / "media")
+        self.media = MediaService(
+            self.number, self.store, MediaTransfer(self._link), profile_dir / "media", self.clock
+        )
         """Uploads and downloads of files, and where downloads go by default."""
         self.calls = Calls(
             CallParts(
@@ -338,12 +340,18 @@ class Client:
         await self.close()
 
     async def _on_connected(self) -> None:
-        """After each authentication: the outbox, the delivered receipts, the presence watch."""
+        """After each authentication: the outbox, queued files, delivered receipts, presence."""
         self._outbox.resume()
+        self._background.spawn(self.media.resume(self._post_file))
         if self._link.receive:
             self._background.spawn(self._inbox.flush_receipts())
         if self._watching:  # a new connection, maybe to another node, watches nothing yet
             self._background.spawn(self._watch_again())
+
+    async def _post_file(self, job: MediaJob, media: Media, also: Callable[[], None]) -> None:
+        """Queue and transmit the message of a file queued earlier, now uploaded."""
+        entry = await self._outbox.queue_media(job.chat, job.is_group, media, also)
+        self._background.spawn(self._outbox.transmit(entry))
 
     def _identity_changed(self, change: IdentityChanged) -> None:
         """A member's safety number changed: say so in each group we share with them."""

@@ -217,13 +217,12 @@ class Group(FileSending):
         return await self.send(text, timeout=timeout)
 
     @property
-    def _media_parts(self) -> tuple[MediaService, Clock]:
-        return self._parts.media, self._parts.clock
+    def _media_parts(self) -> tuple[MediaService, Outbox, Clock]:
+        return self._parts.media, self._parts.outbox, self._parts.clock
 
-    async def _post(
-        self, cmid: bytes, content: Media, message: tuple[str, str, int], timeout: float
-    ) -> None:
-        await self._parts.send(self.gid, content, cmid, message, timeout)
+    @property
+    def _conversation(self) -> tuple[str, bool]:
+        return self.gid, True
 
     def history(self, limit: int = 50) -> list[HistoryEntry]:
         """The last messages and system lines (sender "") of the group, oldest first."""

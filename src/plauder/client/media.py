@@ -9,17 +9,21 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from plauder.client.errors import ClientError
+import msgspec
+
+from plauder.client.errors import ClientError, ConnectionLost, NotConnected, ServerError
 from plauder.client.media_files import MediaKind, PreparedFile, prepare_file
-from plauder.client.media_transfer import Growing, MediaTransfer, Progress
-from plauder.client.store import LocalStore
-from plauder.crypto.media import MediaDecryptor, MediaEncryptor, encrypted_size
+from plauder.client.media_transfer import Growing, MediaTransfer, Progress, TransferFailed
+from plauder.client.store import LocalStore, MediaJob
+from plauder.clock import Clock
+from plauder.crypto.media import EncryptedMedia, MediaDecryptor, MediaEncryptor, encrypted_size
 from plauder.protocol.content import Media
+from plauder.protocol.errors import ErrorCode
 
 PIECE = 1024 * 1024  # bytes encrypted or written at a time (as the server's steps)
 
@@ -82,13 +86,19 @@ class MediaService:
 
     def __init__(
         self,
+        number: str,
         store: LocalStore,
         transfer: MediaTransfer,
         workdir: Path,
+        clock: Clock,
     ) -> None:
+        self._number = number
         self._store = store
         self._transfer = transfer
         self._workdir = workdir
+        self._clock = clock
+        self._active: set[str] = set()  # jobs uploading in send_file, not for resume()
+        self._resuming = False
         self.download_dir = workdir / "downloads"
 
     def attachment(self, sender: str, mid: str, content: Media) -> Attachment:
@@ -102,26 +112,33 @@ class MediaService:
         mid: str,
         ts: int,
         caption: str,
+        chat: tuple[str, bool],
         kind: MediaKind | None = None,
         keep_metadata: bool = False,
         low_data: bool = False,
         progress: Progress | None = None,
     ) -> Media:
-        """Prepare, encrypt and upload a file; returns the message that describes it."""
+        """Prepare, encrypt and upload a file for `chat` (its id, whether a group).
+
+        Returns the description its message carries. Once the file is
+        encrypted it is a job in the store, shown as a pending message: when
+        the upload cannot finish now, this raises NotConnected and the job
+        goes on at the next connection (`resume`) until its message is posted
+        (`posted`). Other errors (ServerError media_too_large, an unreadable
+        file) end it.
+        """
         scratch = self._workdir / "outgoing"
         out, size = await asyncio.to_thread(
             self._stage, path, kind, keep_metadata, low_data, scratch
         )
-        blob = scratch / f"{mid}.blob"
+        blob = self._blob(mid)
+        job = _Job(mid, chat, encrypted_size(size))
         stop = threading.Event()
-        encrypting: asyncio.Future[MediaEncryptor] | None = None
+        self._active.add(mid)
         try:
-            enc_size = encrypted_size(size)
-            reserved = await self._transfer.reserve(enc_size)
-            media = reserved.media
-            # encrypt into the scratch file on a thread while the upload sends what is there
             loop = asyncio.get_running_loop()
             written = Growing()
+            # encrypt into the scratch file on a thread while the upload sends what is there
             encrypting = asyncio.ensure_future(
                 asyncio.to_thread(
                     _encrypt_file,
@@ -132,32 +149,130 @@ class MediaService:
                 )
             )
             encrypting.add_done_callback(functools.partial(_failed, written=written))
-            await self._transfer.upload(reserved, blob, progress, written)
-            result = (await encrypting).result
+            sending = asyncio.ensure_future(self._send_blob(job, blob, progress, written))
+            try:
+                await asyncio.wait({encrypting, sending}, return_when=asyncio.FIRST_COMPLETED)
+                if sending.done() and not _later(sending.exception()):
+                    await sending  # refused for good before the file was encrypted: raises
+                result = (await encrypting).result
+            except BaseException:
+                stop.set()
+                sending.cancel()
+                await asyncio.gather(encrypting, sending, return_exceptions=True)
+                await asyncio.to_thread(_remove, blob, None)
+                raise
+            finally:
+                if out.temporary:
+                    await asyncio.to_thread(_remove, out.path, None)
+            job.media = _describe(mid, ts, caption, out, result)
+            self._save(job)  # from here on the file goes out, now or after a reconnection
+            try:
+                await sending
+            except Exception as exc:
+                if not _later(exc):
+                    self._give_up(job.id, blob)
+                    raise
+                raise NotConnected(f"{exc}: the file is queued and goes out later") from exc
+            return job.described()
         finally:
-            stop.set()
-            if encrypting is not None:
-                await asyncio.gather(encrypting, return_exceptions=True)
-            await asyncio.to_thread(_remove, blob, out.path if out.temporary else None)
-        return Media(
-            id=mid,
-            ts=ts,
-            kind=out.kind,
-            media=media,
-            key=base64.b64encode(result.key).decode(),
-            sha256=result.sha256,
-            enc_size=result.enc_size,
-            plain_sha256=result.plain_sha256,
-            size=result.size,
-            mime=out.mime,
-            name=out.name,
-            caption=caption,
-            width=out.width,
-            height=out.height,
-            duration_ms=out.duration_ms,
-            thumbnail=base64.b64encode(out.thumbnail).decode() if out.thumbnail else "",
-            waveform=list(out.waveform),
-        )
+            self._active.discard(mid)
+
+    def posted(self, mid: str, media: Media) -> None:
+        """The file's message is being queued: end its job (inside that transaction)."""
+        self._store.drop_media_job(mid)
+        self._store.replace_media(self._number, mid, media)
+
+    async def forget_blob(self, mid: str) -> None:
+        """Delete the encrypted copy of a file whose message was queued."""
+        await asyncio.to_thread(_remove, self._blob(mid), None)
+
+    async def resume(self, post: "PostJob") -> None:
+        """Upload the files queued earlier and post their messages, oldest first.
+
+        Run after each connection; a file whose upload fails for now waits for
+        the next one, a file the server refuses for good is marked failed.
+        """
+        if self._resuming:
+            return
+        self._resuming = True
+        try:
+            jobs = self._store.media_jobs()
+            keep = {j.id for j in jobs} | self._active
+            await asyncio.to_thread(_remove_orphans, self._workdir / "outgoing", keep)
+            for stored in jobs:
+                if stored.id in self._active:
+                    continue
+                blob = self._blob(stored.id)
+                job = _Job(stored.id, (stored.chat, stored.is_group), stored.media.enc_size)
+                job.media, job.blob_id = stored.media, stored.media.media
+                if not await asyncio.to_thread(blob.is_file):
+                    self._give_up(job.id, blob)  # the encrypted copy is gone: nothing to send
+                    continue
+                try:
+                    await self._send_blob(job, blob, None, None)
+                except Exception as exc:
+                    if _later(exc):
+                        return  # at the next connection
+                    if not isinstance(exc, ServerError):
+                        raise
+                    self._give_up(job.id, blob)
+                    continue
+                media = job.described()
+                await post(stored, media, functools.partial(self.posted, job.id, media))
+                await self.forget_blob(job.id)
+        finally:
+            self._resuming = False
+
+    async def _send_blob(
+        self, job: "_Job", blob: Path, progress: Progress | None, written: Growing | None
+    ) -> None:
+        """Reserve the job's blob on the server if needed, then upload it, resuming."""
+        first = None
+        if not job.blob_id:
+            first = await self._transfer.reserve(job.enc_size)
+            job.blob_id = first.media
+            self._save(job)
+        try:
+            await self._transfer.upload(
+                job.blob_id, job.enc_size, blob, progress, written, first=first
+            )
+        except ServerError as exc:
+            if exc.code != ErrorCode.UNKNOWN_MEDIA or first is not None:
+                raise
+            # the reservation expired while the job waited: start the upload again
+            job.blob_id = ""
+            await self._send_blob(job, blob, progress, written)
+
+    def _save(self, job: "_Job") -> None:
+        """Store the job once its description is known, with its pending message."""
+        if job.media is None:
+            return
+        media = job.described()
+        with self._store.transaction():
+            self._store.put_media_job(
+                MediaJob(job.id, job.chat[0], job.chat[1], media), self._clock.now_ms()
+            )
+            self._store.add_message(
+                id=job.id,
+                chat=job.chat[0],
+                outgoing=True,
+                sender=self._number,
+                body=media.caption,
+                ts=media.ts,
+                server_ts=None,
+                status="pending",
+            )
+            self._store.replace_media(self._number, job.id, media)
+
+    def _give_up(self, mid: str, blob: Path) -> None:
+        """End a job that cannot succeed: its message is marked failed."""
+        with self._store.transaction():
+            self._store.drop_media_job(mid)
+            self._store.mark_failed(self._number, mid)
+        _remove(blob, None)
+
+    def _blob(self, mid: str) -> Path:
+        return self._workdir / "outgoing" / f"{mid}.blob"
 
     def _stage(
         self, path: Path, kind: MediaKind | None, keep_metadata: bool, low_data: bool, scratch: Path
@@ -251,6 +366,59 @@ def _extension(mime: str) -> str:
     return mimetypes.guess_extension(mime) or ""
 
 
+# answers after which an upload is tried again later; any other refusal is final
+_LATER_CODES = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL})
+
+PostJob = Callable[[MediaJob, Media, Callable[[], None]], Awaitable[None]]
+"""Queue a job's message in the outbox, calling the callback in that transaction."""
+
+
+def _later(error: BaseException | None) -> bool:
+    """Whether an upload that failed with `error` may succeed at a later connection."""
+    if isinstance(error, ServerError):
+        return error.code in _LATER_CODES
+    return isinstance(error, TransferFailed | ConnectionLost | NotConnected)
+
+
+@dataclass(slots=True)
+class _Job:
+    """An outgoing file while it is uploaded: its message, chat and blob."""
+
+    id: str
+    chat: tuple[str, bool]  # the contact's number or group id, and whether a group
+    enc_size: int
+    media: Media | None = None  # the description, once the file is encrypted
+    blob_id: str = ""  # once the server reserved the blob
+
+    def described(self) -> Media:
+        """The description with the blob's id, as the message carries it."""
+        assert self.media is not None
+        return msgspec.structs.replace(self.media, media=self.blob_id)
+
+
+def _describe(mid: str, ts: int, caption: str, out: PreparedFile, result: EncryptedMedia) -> Media:
+    """The message describing an encrypted file (its blob id still empty)."""
+    return Media(
+        id=mid,
+        ts=ts,
+        kind=out.kind,
+        media="",
+        key=base64.b64encode(result.key).decode(),
+        sha256=result.sha256,
+        enc_size=result.enc_size,
+        plain_sha256=result.plain_sha256,
+        size=result.size,
+        mime=out.mime,
+        name=out.name,
+        caption=caption,
+        width=out.width,
+        height=out.height,
+        duration_ms=out.duration_ms,
+        thumbnail=base64.b64encode(out.thumbnail).decode() if out.thumbnail else "",
+        waveform=list(out.waveform),
+    )
+
+
 def _encrypt_file(
     src: Path, dst: Path, written: Callable[[int], object], stop: threading.Event
 ) -> MediaEncryptor:
@@ -266,6 +434,7 @@ def _encrypt_file(
             written(length)
         length += fout.write(encryptor.finish())
         fout.flush()
+        os.fsync(fout.fileno())  # the job that names it must not outlive it
     written(length)
     return encryptor
 
@@ -283,6 +452,14 @@ def _finish_file(f: BinaryIO, tail: bytes, part: Path, target: Path) -> None:
     f.flush()
     os.fsync(f.fileno())
     part.replace(target)
+
+
+def _remove_orphans(folder: Path, keep: set[str]) -> None:
+    """Delete encrypted copies left by a client that stopped after their message was queued."""
+    if folder.is_dir():
+        for blob in folder.glob("*.blob"):
+            if blob.stem not in keep:
+                _remove(blob, None)
 
 
 def _remove(first: Path, second: Path | None) -> None:

@@ -77,19 +77,19 @@ class MediaTransfer:
 
     async def upload(
         self,
-        reserved: MediaToken,
+        media: str,
+        size: int,
         path: Path,
         progress: Progress | None = None,
         written: "Growing | None" = None,
+        first: MediaToken | None = None,
     ) -> None:
-        """Send the file at `path` as the blob `reserved`, resuming at the server's offset.
+        """Send the file at `path` as blob `media`, resuming at the offset the server holds.
 
-        The first attempt uses the reservation's token; a later one asks for a
-        new token and the offset the server holds. With `written`, the file is
-        still being written: each piece is sent once it is there.
+        Each attempt asks for a token and that offset, but the first may use
+        `first` (the reservation's token). With `written`, the file is still
+        being written: each piece is sent once it is there.
         """
-        media, size = reserved.media, reserved.size
-        first: MediaToken | None = reserved
 
         async def attempt() -> None:
             nonlocal first

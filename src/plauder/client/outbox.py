@@ -2,6 +2,7 @@
 
 import asyncio
 import secrets
+from collections.abc import Callable
 
 import msgspec
 
@@ -24,7 +25,7 @@ from plauder.client.store import OutboxEntry
 from plauder.client.tasks import Background
 from plauder.clock import Clock
 from plauder.protocol import codec
-from plauder.protocol.content import Media
+from plauder.protocol.content import Media, encode_content
 from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import OutEnvelope, Send, Sent
 
@@ -68,12 +69,13 @@ class Outbox:
         message: tuple[str, str, int] | None = None,
         done_receipts: list[str] | None = None,
         media: Media | None = None,
+        also: Callable[[], None] | None = None,
     ) -> OutboxEntry:
         """Encrypt for the peer's devices and store the send with the writes that go with it.
 
         The sessions, the outbox entry, the pending message (id, text, ts), its
-        file's description and the receipts it carries land in one transaction,
-        before anything is sent.
+        file's description, the receipts it carries and the writes of `also`
+        land in one transaction, before anything is sent.
         """
         async with self._keys.lock:
             envelopes = await self._encrypt(peer, content, refresh=False)
@@ -85,6 +87,8 @@ class Outbox:
                 if done_receipts:
                     self._store.clear_pending_receipts(peer, done_receipts)
                 self._add_pending(peer, message, media)
+                if also is not None:
+                    also()
         return entry
 
     def queue_group(
@@ -94,6 +98,7 @@ class Outbox:
         content: bytes,
         message: tuple[str, str, int] | None,
         media: Media | None = None,
+        also: Callable[[], None] | None = None,
     ) -> OutboxEntry:
         """Store a group send (and its pending message); it is encrypted when transmitted.
 
@@ -104,7 +109,20 @@ class Outbox:
         with self._store.transaction():
             self._store.put_outbox(entry, self._clock.now_ms())
             self._add_pending(gid, message, media)
+            if also is not None:
+                also()
         return entry
+
+    async def queue_media(
+        self, chat: str, is_group: bool, media: Media, also: Callable[[], None]
+    ) -> OutboxEntry:
+        """Queue the message of an uploaded file for a contact or a group, `also` with it."""
+        cmid = bytes.fromhex(media.id)
+        message = (media.id, media.caption, media.ts)
+        content = encode_content(media)
+        if is_group:
+            return self.queue_group(chat, cmid, content, message, media, also)
+        return await self.queue(chat, cmid, content, message=message, media=media, also=also)
 
     def _add_pending(
         self, chat: str, message: tuple[str, str, int] | None, media: Media | None = None

@@ -1,5 +1,6 @@
 """`FileSending`: what chats and groups share for sending files, photos and voice notes."""
 
+import functools
 import secrets
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -7,8 +8,8 @@ from pathlib import Path
 from plauder.client.media import MediaService
 from plauder.client.media_files import MediaKind
 from plauder.client.media_transfer import Progress
+from plauder.client.outbox import Outbox
 from plauder.clock import Clock
-from plauder.protocol.content import Media
 
 SEND_TIMEOUT = 60.0
 
@@ -18,14 +19,13 @@ class FileSending(ABC):
 
     @property
     @abstractmethod
-    def _media_parts(self) -> tuple[MediaService, Clock]:
-        """The media service and clock of the client."""
+    def _media_parts(self) -> tuple[MediaService, Outbox, Clock]:
+        """The media service, outbox and clock of the client."""
 
+    @property
     @abstractmethod
-    async def _post(
-        self, cmid: bytes, content: Media, message: tuple[str, str, int], timeout: float
-    ) -> None:
-        """Queue the file's message (id, caption, ts) and wait until the server stored it."""
+    def _conversation(self) -> tuple[str, bool]:
+        """The contact's number or the group's id, and whether it is a group."""
 
     async def send_file(
         self,
@@ -39,7 +39,10 @@ class FileSending(ABC):
         """Encrypt, upload and send a file, photo or video; returns its message id.
 
         Photos lose their metadata (EXIF, GPS position) unless `keep_metadata`.
-        `progress(done, total)` follows the upload's bytes.
+        `progress(done, total)` follows the upload's bytes. NotConnected when
+        the upload or the message cannot finish now: once encrypted, the file
+        stays queued (a pending message) and goes out after the next connection,
+        also after a restart of the client.
         """
         return await self._send_media(
             Path(path), caption, None, keep_metadata, False, progress, timeout
@@ -69,19 +72,23 @@ class FileSending(ABC):
         progress: Progress | None,
         timeout: float,
     ) -> str:
-        media, clock = self._media_parts
-        cmid = secrets.token_bytes(16)
-        mid = cmid.hex()
-        now = clock.now_ms()
+        media, outbox, clock = self._media_parts
+        mid = secrets.token_bytes(16).hex()
+        chat, is_group = self._conversation
         content = await media.upload(
             path,
             mid=mid,
-            ts=now,
+            ts=clock.now_ms(),
             caption=caption,
+            chat=(chat, is_group),
             kind=kind,
             keep_metadata=keep_metadata,
             low_data=low_data,
             progress=progress,
         )
-        await self._post(cmid, content, (mid, caption, now), timeout)
+        entry = await outbox.queue_media(
+            chat, is_group, content, functools.partial(media.posted, mid, content)
+        )
+        await media.forget_blob(mid)
+        await outbox.await_sent(entry, timeout)
         return mid

@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS pending_receipts (
 CREATE TABLE IF NOT EXISTS media (
     sender TEXT NOT NULL, id TEXT NOT NULL, descriptor BLOB NOT NULL, path TEXT,
     PRIMARY KEY (sender, id));
+CREATE TABLE IF NOT EXISTS media_jobs (
+    id TEXT PRIMARY KEY, chat TEXT NOT NULL, is_group INTEGER NOT NULL,
+    descriptor BLOB NOT NULL, created INTEGER NOT NULL);
 """
 
 STATUS_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3, "failed": -1}
@@ -63,6 +66,20 @@ class OutboxEntry:
     chat: str
     content: bytes  # the plaintext document, to encrypt again if devices changed
     frame: bytes  # the encoded `send` frame
+
+
+@dataclass(frozen=True, slots=True)
+class MediaJob:
+    """A file encrypted for sending whose message is not in the outbox yet.
+
+    `media` describes it; its `media` field (the blob id) is empty until the
+    server reserved the blob.
+    """
+
+    id: str  # the message id
+    chat: str  # the contact's number or the group id
+    is_group: bool
+    media: Media
 
 
 class LocalStore:
@@ -318,6 +335,41 @@ class LocalStore:
             args += (sender,)
         rows = self._db.execute(query, args).fetchall()
         return [(r[0], self._open_media(r[0], r[1], r[2]), r[3]) for r in rows]
+
+    def replace_media(self, sender: str, mid: str, media: Media) -> None:
+        """Put the final descriptor of a file this device sends (its blob id known now)."""
+        sealed = self.cipher.seal(encode_content(media), f"media/{sender}/{mid}".encode())
+        self._db.execute(
+            "INSERT INTO media (sender, id, descriptor) VALUES (?, ?, ?) "
+            "ON CONFLICT (sender, id) DO UPDATE SET descriptor = excluded.descriptor",
+            (sender, mid, sealed),
+        )
+
+    def put_media_job(self, job: "MediaJob", now: int) -> None:
+        """Remember a file to upload and send, or update where its upload stands."""
+        sealed = self.cipher.seal(encode_content(job.media), f"media-job/{job.id}".encode())
+        self._db.execute(
+            "INSERT INTO media_jobs (id, chat, is_group, descriptor, created) "
+            "VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET descriptor = excluded.descriptor",
+            (job.id, job.chat, int(job.is_group), sealed, now),
+        )
+
+    def media_jobs(self) -> list["MediaJob"]:
+        """Files waiting to be uploaded and sent, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, chat, is_group, descriptor FROM media_jobs ORDER BY created, rowid"
+        ).fetchall()
+        out = []
+        for mid, chat, is_group, sealed in rows:
+            media = decode_content(self.cipher.open(sealed, f"media-job/{mid}".encode()))
+            assert isinstance(media, Media)
+            out.append(MediaJob(mid, chat, bool(is_group), media))
+        return out
+
+    def drop_media_job(self, mid: str) -> None:
+        """A file's message is in the outbox now (or the file was given up)."""
+        self._db.execute("DELETE FROM media_jobs WHERE id = ?", (mid,))
 
     def _open_media(self, sender: str, mid: str, sealed: bytes) -> Media:
         content = decode_content(self.cipher.open(sealed, f"media/{sender}/{mid}".encode()))
