@@ -18,7 +18,7 @@ import msgspec
 import pytest
 from PIL import Image
 
-from plauder.client import Attachment, Client, MessageReceived, NotConnected, ServerError
+from plauder.client import Attachment, Client, MessageReceived, Queued, ServerError
 from plauder.crypto.media import MediaMismatch, MediaTampered, MediaTruncated, encrypted_size
 from tests.conftest import ServerProcess
 from tests.integration.test_messaging import next_of
@@ -326,9 +326,10 @@ async def test_a_file_cut_off_by_a_crash_or_sent_offline_goes_out_later(
         # sent while the server is down: queued, and out once it is back
         server.kill()
         src = photo(tmp_path / "station.jpg")
-        with pytest.raises(NotConnected):
+        with pytest.raises(Queued) as queued:
             await alice.chat(bob.number).send_file(src, caption="von unterwegs", timeout=1.0)
         entry = alice.history(bob.number)[-1]
+        assert entry.id == queued.value.message_id
         assert (entry.status, entry.body, entry.media is not None) == (
             "pending",
             "von unterwegs",

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from plauder.client import Client, MessageReceived, NotConnected
+from plauder.client import Client, MessageReceived, Queued
 from tests.conftest import ServerProcess
 
 
@@ -90,9 +90,10 @@ async def test_message_sent_while_server_down_goes_out_after_restart(
     await alice.send_text(bob.number, "erste")  # sessions exist now
     server.kill()
 
-    with pytest.raises(NotConnected):
+    with pytest.raises(Queued) as queued:
         await alice.send_text(bob.number, "im Funkloch", timeout=1.0)
-    assert alice.history(bob.number)[-1].status == "pending"
+    pending = alice.history(bob.number)[-1]
+    assert (pending.status, pending.id) == ("pending", queued.value.message_id)
 
     server.start()
     async with asyncio.timeout(20):

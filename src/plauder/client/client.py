@@ -537,6 +537,13 @@ class Client:
         """Wait until everything queued on the server was received and acknowledged."""
         await self._inbox.wait_idle(timeout)
 
+    async def wait_sent(self, timeout: float = 30.0) -> None:
+        """Wait until every queued message and file is stored on the server (or TimeoutError)."""
+        async with asyncio.timeout(timeout):
+            # the store is the one place that knows: sends and uploads end in several modules
+            while self.store.queued():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+
     # --- local views ---------------------------------------------------------------------
 
     def history(self, number: str, limit: int = 50) -> list[HistoryEntry]:

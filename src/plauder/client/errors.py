@@ -25,6 +25,14 @@ class NotConnected(ClientError):
     """No server could be reached in time."""
 
 
+class Queued(NotConnected):
+    """No server confirmed a send in time; it stays queued and goes out after a connection."""
+
+    def __init__(self, message_id: str, reason: str) -> None:
+        super().__init__(f"{reason}; message {message_id} stays queued and goes out later")
+        self.message_id = message_id
+
+
 class BadServerUrl(ClientError):
     """A server URL that plauder cannot connect to as written, or an empty list of them."""
 

@@ -16,7 +16,13 @@ from typing import BinaryIO
 
 import msgspec
 
-from plauder.client.errors import ClientError, ConnectionLost, NotConnected, ServerError
+from plauder.client.errors import (
+    ClientError,
+    ConnectionLost,
+    NotConnected,
+    Queued,
+    ServerError,
+)
 from plauder.client.media_files import MediaKind, PreparedFile, prepare_file
 from plauder.client.media_transfer import Growing, MediaTransfer, Progress, TransferFailed
 from plauder.client.store import LocalStore, MediaJob
@@ -172,7 +178,7 @@ class MediaService:
                 if not _later(exc):
                     self._give_up(job.id, blob)
                     raise
-                raise NotConnected(f"{exc}: the file is queued and goes out later") from exc
+                raise Queued(mid, f"the upload did not finish: {exc}") from exc
             return job.described()
         finally:
             self._active.discard(mid)

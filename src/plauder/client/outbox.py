@@ -11,7 +11,7 @@ from plauder.client.contacts import Contacts
 from plauder.client.errors import (
     TRANSIENT,
     ClientError,
-    NotConnected,
+    Queued,
     ServerError,
     UnknownContact,
     UntrustedDevices,
@@ -143,7 +143,7 @@ class Outbox:
                 self._store.put_media(self._number, mid, media)
 
     async def await_sent(self, entry: OutboxEntry, timeout: float) -> Sent:
-        """Transmit a queued send; wait until the server stored it (NotConnected: still queued)."""
+        """Transmit a queued send; wait until the server stored it (Queued if not in time)."""
         fut = self._waiters.get(entry.cmid)
         if fut is None:
             fut = self._waiters[entry.cmid] = asyncio.get_running_loop().create_future()
@@ -152,9 +152,7 @@ class Outbox:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(fut)
         except TimeoutError as exc:
-            raise NotConnected(
-                "the server did not confirm in time; the message stays queued"
-            ) from exc
+            raise Queued(entry.cmid.hex(), "the server did not confirm in time") from exc
         finally:
             if fut.done():
                 self._waiters.pop(entry.cmid, None)

@@ -367,6 +367,13 @@ class LocalStore:
             out.append(MediaJob(mid, chat, bool(is_group), media))
         return out
 
+    def queued(self) -> int:
+        """How many sends and files wait to go out."""
+        row = self._db.execute(
+            "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM media_jobs)"
+        ).fetchone()
+        return int(row[0])
+
     def drop_media_job(self, mid: str) -> None:
         """A file's message is in the outbox now (or the file was given up)."""
         self._db.execute("DELETE FROM media_jobs WHERE id = ?", (mid,))
