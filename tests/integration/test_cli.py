@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, register
 
 A, B = "+4915100000001", "+4915100000002"
 
@@ -91,3 +91,28 @@ def test_safety_number_whoami_and_errors(server: ServerProcess, tmp_path: Path) 
         "serve",
     ):
         assert command in helptext
+
+
+async def test_numbers_as_typed_receipts_in_words_and_empty_lists(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "profiles"
+    for number in (A, B):
+        await (await register(server, cfg, number)).close()
+
+    def run(number: str, *args: str) -> str:
+        return plauder(cfg, "-a", number, *args).stdout
+
+    assert run(A, "groups") == "no groups yet\n"
+    assert run(A, "--json", "groups") == ""
+    assert run(A, "history", "+49 151 00000099") == "no messages with +4915100000099\n"
+    assert run(A, "--json", "history", "+4915100000099") == ""
+
+    sent = run(A, "send", "-m", "Hallo", "+49 151 00000002")
+    assert sent.startswith(f"✓ sent to {B} (")
+    mid = sent.split("(")[1].rstrip(")\n")
+    run(B, "receive")
+    assert run(A, "receive") == f"✓✓ delivered to {B}: {mid}\n"
+    run(B, "mark-read", A)
+    assert run(A, "receive") == f"✓✓ read by {B}: {mid}\n"
+    assert run(A, "history", B).endswith("you: Hallo  ✓✓ read\n")

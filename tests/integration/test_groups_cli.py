@@ -61,3 +61,53 @@ async def test_group_create_send_receive_manage_and_list(
     history = run(A, "history", "Familie Koch")
     assert history.index("created the group") < history.index("you: Essen um 7?")
     assert "you: Willkommen, E!" in history
+
+
+async def test_a_removed_member_rejoins_and_the_lines_say_who_did_what(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Receipts, a send refused after a removal, and a rename C missed while it was out."""
+    cfg = tmp_path / "profiles"
+    for number in (A, B, C, D):
+        await (await register(server, cfg, number)).close()
+
+    def run(number: str, *args: str) -> str:
+        return plauder(cfg, "-a", number, *args).stdout
+
+    run(A, "group", "create", "Familie", "--member", B, "--member", C)
+    mid = lines(run(A, "--json", "send", "-m", "Essen um 7?", "--group", "Familie"))[0]["id"]
+    run(B, "receive")
+    run(C, "receive")
+    run(B, "mark-read", "Familie")
+    got = run(A, "receive")
+    assert f"✓✓ [Familie] delivered to {B}: {mid}" in got
+    assert f"✓✓ [Familie] read by {B}: {mid}" in got
+
+    run(A, "group", "add", "Familie", D)
+    run(A, "group", "remove", "Familie", C)
+    refused = plauder(
+        cfg, "-a", C, "send", "-m", "bin ich noch drin?", "--group", "Familie", check=False
+    )
+    assert refused.returncode == 1 and "unknown_group" in refused.stderr
+    assert "you: bin ich noch drin?  ✗ failed" in run(C, "history", "Familie")
+    info = run(C, "group", "info", "Familie")
+    assert "you: bin ich noch drin?\n  failed" in info and "you: not a member" in info, info
+    (failed,) = lines(run(C, "--json", "group", "info", "Familie"))[0]["messages"][-1:]
+    assert (failed["body"], failed["status"]) == ("bin ich noch drin?", "failed")
+
+    run(A, "group", "promote", "Familie", B)
+    run(B, "receive")
+    run(B, "group", "rename", "Familie", "Familie Koch")
+    run(A, "receive")
+    link = run(A, "group", "invite-link", "Familie Koch").strip()
+    run(C, "group", "join", link)
+    run(A, "receive")  # A's device tells C the name
+    got = run(C, "receive")
+    assert "[Familie Koch] the group is named “Familie Koch”" in got, got
+    history = run(C, "history", "Familie Koch")
+    assert "renamed" not in history and "· the group is named “Familie Koch”" in history, history
+    assert f"· {A} removed {C}" in history and f"· {C} joined" in history
+    run(D, "receive")
+    history = run(D, "history", "Familie Koch")
+    assert f"· {A} added {D}" in history and "—:" not in history
+    assert f"· {B} renamed the group to “Familie Koch”" in history, history

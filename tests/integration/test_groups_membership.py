@@ -133,6 +133,33 @@ async def test_invite_link_join_approval_and_revoke(make_client: MakeClient) -> 
     assert refused.value.code == "invalid_link"
 
 
+async def test_a_member_back_by_link_learns_the_new_name_from_any_editor(
+    make_client: MakeClient,
+) -> None:
+    alice, bob, carol = [await make_client() for _ in range(3)]
+    group = await alice.groups.create("Verein", [bob.number, carol.number])
+    await group.send("hallo")
+    assert await texts(carol, group, 1) == ["hallo"]
+    link = await group.invite_link()
+    await group.remove(carol.number)
+    await group.promote(bob.number)
+    await changes(bob, "promoted")
+    with pytest.raises(ServerError):  # carol's device has not heard of her removal
+        await carol.groups.get(group.gid).send("bin ich noch drin?")
+    mine = [e for e in carol.groups.get(group.gid).history() if e.outgoing]
+    assert carol.groups.get(group.gid).summary(mine[-1].id) == "failed"
+
+    await bob.groups.get(group.gid).rename("Neu")
+    await alice.close()  # the admin whose device welcomes newcomers is away
+    back = await carol.groups.join(link)
+    assert back is not None and back.name == "Verein"  # all it knew, from before
+    await bob.groups.get(group.gid).send("willkommen zurück")
+    assert await texts(carol, group, 1) == ["willkommen zurück"]
+    assert back.name == "Neu"  # from bob's key share
+    lines = [e.body for e in back.history() if not e.sender]
+    assert lines[-1] == "the group is named “Neu”", lines
+
+
 async def test_members_are_refused_what_only_admins_may(make_client: MakeClient) -> None:
     alice, bob, carol = [await make_client() for _ in range(3)]
     outsider = await make_client()

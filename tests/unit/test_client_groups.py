@@ -105,6 +105,42 @@ def test_the_newest_name_wins_and_strangers_changes_are_kept_apart(tmp_path: Pat
     assert b"Familie" not in raw and b"Koch" not in raw  # names are sealed at rest
 
 
+def test_a_member_back_in_the_group_learns_the_new_name_without_crediting_the_messenger(
+    tmp_path: Path,
+) -> None:
+    store, book = open_book(tmp_path)
+    with store.transaction():
+        book.apply_notice(GID, notice("created", ANNA, [ME, BEN], 1), 10)
+        book.apply_state(GID, ANNA, GroupState(id="s1", ts=100, name="Familie"), 100)
+        book.apply_notice(GID, notice("removed", ANNA, [ME], 2), 110)
+        # BEN renames to "Koch" at 200 while this account is out; then ANNA adds it again
+        book.apply_notice(GID, notice("added", ANNA, [ME], 4), 300)
+        lagging = book.adopt_state(GID, "Familie", "", 100)  # a share from a member behind
+        shared = book.adopt_state(GID, "Koch", "", 200)  # the share before ANNA's welcome
+        passed_on = book.apply_state(GID, ANNA, GroupState(id="w", ts=200, name="Koch"), 310)
+        later = book.apply_state(GID, BEN, GroupState(id="s3", ts=400, name="Köche"), 400)
+    assert lagging is None and passed_on is None
+    assert shared is not None and (shared.action, shared.actor) == ("renamed", "")
+    assert later is not None and later.actor == BEN
+    assert lines(store)[-3:] == [
+        f"{ANNA} added {ME}",
+        "the group is named “Koch”",
+        f"{BEN} renamed the group to “Köche”",
+    ]
+
+
+def test_a_newcomers_first_state_message_names_nobody(tmp_path: Path) -> None:
+    store, book = open_book(tmp_path)
+    with store.transaction():
+        book.apply_notice(GID, notice("created", ANNA, [BEN], 1), 10)
+        book.apply_notice(GID, notice("joined", ME, [ME], 2), 20)
+        first = book.apply_state(GID, ANNA, GroupState(id="s1", ts=5, name="Familie"), 30)
+        second = book.apply_state(GID, ANNA, GroupState(id="s2", ts=40, name="Koch"), 40)
+    assert first is not None and first.actor == "" and first.text == "the group is named “Familie”"
+    assert second is not None and second.text == f"{ANNA} renamed the group to “Koch”"
+    assert book.record(GID).newcomer is False
+
+
 def test_a_changed_safety_number_shows_in_the_groups_of_that_member(tmp_path: Path) -> None:
     store, book = open_book(tmp_path)
     with store.transaction():

@@ -194,10 +194,10 @@ async def send(args: argparse.Namespace) -> int:
         target: Chat | Group
         if args.group:
             target = await groups.find(client, args.group)
-            to, fields = f"[{target.name or target.gid}]", {"group": target.gid}
+            to, fields = f"[{groups.label(target)}]", {"group": target.gid}
         else:
             target = client.chat(args.recipient)
-            to, fields = args.recipient, {"recipient": args.recipient}
+            to, fields = target.peer, {"recipient": target.peer}
         if args.message is not None:
             mid = await target.send_text(args.message)
         else:
@@ -257,11 +257,14 @@ async def history(args: argparse.Namespace) -> int:
     """Print the local history of a chat."""
     client = _client(args)
     try:
+        chat: Chat | Group
         if _is_number(args.contact):
-            entries = client.history(args.contact, args.limit)
+            chat = client.chat(args.contact)
+            where = f"with {chat.peer}"
         else:
-            entries = client.groups.get(args.contact).history(args.limit)
-        Printer(args.json).history(entries)
+            chat = client.groups.get(args.contact)
+            where = f"in {groups.label(chat)}"
+        Printer(args.json).history(chat.history(args.limit), where)
     finally:
         await client.close()
     return 0

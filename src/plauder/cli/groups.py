@@ -114,6 +114,11 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def label(group: Group) -> str:
+    """A group as named in a sentence: its name, or its id while it has none."""
+    return group.name or group.gid
+
+
 def _title(group: Group) -> str:
     return f"{group.name or '(no name yet)'} ({group.gid})"
 
@@ -125,7 +130,10 @@ async def _create(client: Client, args: argparse.Namespace, out: Printer) -> Non
 
 
 async def _list(client: Client, args: argparse.Namespace, out: Printer) -> None:
-    for group in await client.groups.refresh():
+    listed = await client.groups.refresh()
+    if not listed:
+        out.nothing("no groups yet")
+    for group in listed:
         unread = f"  {group.unread} unread" if group.unread else ""
         out.emit(
             "group",
@@ -189,11 +197,13 @@ async def _info(client: Client, args: argparse.Namespace, out: Printer) -> None:
         sent = [e for e in sent if e.id == args.message]
     statuses = []
     for entry in sent[-5:]:
-        receipts = group.receipts(entry.id)
+        receipts = {} if entry.status in ("pending", "failed") else group.receipts(entry.id)
         lines.append(f"[{when(entry.server_ts or entry.ts)}] you: {entry.body}")
         lines.append(f"  {group.summary(entry.id)}")
         lines += [f"  {n}: {status}" for n, status in receipts.items()]
-        statuses.append({"id": entry.id, "body": entry.body, "receipts": receipts})
+        statuses.append(
+            {"id": entry.id, "body": entry.body, "status": entry.status, "receipts": receipts}
+        )
     out.emit(
         "group_info",
         "\n".join(lines),
@@ -249,11 +259,11 @@ async def _settings(client: Client, args: argparse.Namespace, out: Printer) -> N
 
 async def _history(client: Client, args: argparse.Namespace, out: Printer) -> None:
     group = await find(client, args.group)
-    out.history(group.history(args.limit))
+    out.history(group.history(args.limit), f"in {label(group)}")
 
 
 async def _mark_read(client: Client, args: argparse.Namespace, out: Printer) -> None:
     group = await find(client, args.group)
     ids = await group.mark_read()
-    text = f"{len(ids)} message(s) in {group.name or group.gid} marked read"
+    text = f"{len(ids)} message(s) in {label(group)} marked read"
     out.emit("marked_read", text, group=group.gid, ids=ids)

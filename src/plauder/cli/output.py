@@ -53,6 +53,11 @@ class Printer:
         else:
             print(text, flush=True)
 
+    def nothing(self, text: str) -> None:
+        """Say that there is nothing to list (for people; scripts get no line)."""
+        if not self.as_json:
+            print(text, flush=True)
+
     def note(self, text: str) -> None:
         """A remark for people, on standard error (never in the JSON output)."""
         print(f"plauder: {text}", file=sys.stderr, flush=True)
@@ -79,8 +84,8 @@ class Printer:
                 verb = "read by" if ev.status == "read" else "delivered to"
                 ids = ", ".join(ev.ids)
                 self.emit(
-                    "receipt",
-                    f"{TICKS[ev.status]} {self._where(ev.group)}{verb} {ev.sender}: {ids}",
+                    "receipt",  # two ticks, then in words: "✓✓ read by …", not "✓✓ read read by"
+                    f"✓✓ {self._where(ev.group)}{verb} {ev.sender}: {ids}",
                     sender=ev.sender,
                     status=ev.status,
                     ids=list(ev.ids),
@@ -168,17 +173,22 @@ class Printer:
             text += f" after {_duration(round(entry.duration * 1000))}, {usage(entry)}"
         self.emit("call_summary", text, **_call_fields(entry))
 
-    def history(self, entries: list[HistoryEntry]) -> None:
-        """Print a chat's history (a group's system lines with a dash instead of a sender)."""
+    def history(self, entries: list[HistoryEntry], where: str) -> None:
+        """Print a chat's history (a group's system lines after a dot, without a sender).
+
+        `where` names the chat when it is empty: "no messages with +49…".
+        """
+        if not entries:
+            self.nothing(f"no messages {where}")
         for e in entries:
-            who = "you" if e.outgoing else e.sender or "—"
+            who = "you: " if e.outgoing else f"{e.sender}: " if e.sender else "· "
             tick = f"  {TICKS.get(e.status, '')}" if e.outgoing else ""
             text = e.body if e.media is None else describe(e.media)
             if e.media_path:
                 text += f" → {e.media_path}"
             self.emit(
                 "history",
-                f"[{when(e.server_ts or e.ts)}] {who}: {text}{tick}",
+                f"[{when(e.server_ts or e.ts)}] {who}{text}{tick}",
                 id=e.id,
                 chat=e.chat,
                 outgoing=e.outgoing,

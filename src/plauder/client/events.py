@@ -95,6 +95,8 @@ class GroupChanged:
     demoted, settings, requested) or one of named, renamed, described and
     safety_number (a member's account key changed). `version` is the group's
     version after the change (0 for changes the server does not count).
+    `actor` is "" for a name or description this device learned when it
+    (re)entered the group: a member passed it on, and who made it is not known.
     """
 
     gid: str

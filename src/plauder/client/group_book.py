@@ -57,6 +57,16 @@ class GroupBook:
         self.groups.save(record)
         return record
 
+    def apply_join(self, info: GroupInfo) -> GroupRecord:
+        """Take the view a join by link answered with; what we knew of the name may be stale."""
+        old = self.record(info.gid.hex())
+        record = self.apply_info(info)
+        if old.role and old.version >= info.version:  # a member all along: nothing missed
+            return record
+        record = dataclasses.replace(record, newcomer=True)
+        self.groups.save(record)
+        return record
+
     def left(self, gid: str) -> None:
         """This account left the group."""
         old = self.record(gid)
@@ -80,6 +90,8 @@ class GroupBook:
                 role=record.members.get(self._number, ""),
                 rotate=record.rotate or notice.action in ("removed", "left"),
             )
+        if notice.action in ("added", "joined") and self._number in notice.numbers:
+            record = dataclasses.replace(record, newcomer=True)  # the name comes passed on
         record = _name_checked(record)
         self.groups.save(record)
         return self._line(
@@ -93,38 +105,58 @@ class GroupBook:
         )
 
     def apply_state(self, gid: str, sender: str, state: GroupState, ts: int) -> GroupChanged | None:
-        """A new name or description, if newer than the one we know; its event."""
+        """A new name or description, if newer than the one we know; its event.
+
+        A newcomer's first state may be one a member passed on (adding or
+        welcoming it) rather than made: its line names nobody.
+        """
         record = self.record(gid)
         if state.ts <= record.state_ts:
+            if record.newcomer and state.ts == record.state_ts:  # told what we know: current
+                self.groups.save(dataclasses.replace(record, newcomer=False))
             return None
-        renamed, old_name = state.name != record.name, record.name
-        record = dataclasses.replace(
-            record, name=state.name, description=state.description, state_ts=state.ts
+        actor = "" if record.newcomer and sender != self._number else sender
+        new = dataclasses.replace(
+            record,
+            name=state.name,
+            description=state.description,
+            state_ts=state.ts,
+            newcomer=False,
         )
-        self.groups.save(record)
-        action = ("renamed" if old_name else "named") if renamed else "described"
-        return self._line(record, f"state/{sender}/{state.id}", action, sender, (), 0, ts)
+        self.groups.save(new)
+        return self._state_line(record, new, f"state/{sender}/{state.id}", actor, ts)
 
     def adopt_state(
         self, gid: str, name: str, description: str, state_ts: int, unchecked_from: str = ""
-    ) -> None:
-        """Name and description from a key share, for a group we know no name of yet (no line).
+    ) -> GroupChanged | None:
+        """Name and description from a key share, for a group we know no (current) name of.
 
-        Later changes come only as state messages. `unchecked_from` is the
-        sender of a share for a group whose members are not known yet: its name
-        is dropped if the members, once known, show it may not edit.
+        A device without a name takes it silently; a newcomer's name from
+        before it (re)entered is replaced by a newer one, with a line that
+        names nobody. Other changes come only as state messages.
+        `unchecked_from` is the sender of a share for a group whose members are
+        not known yet: its name is dropped if the members, once known, show it
+        may not edit.
         """
         record = self.record(gid)
-        if record.state_ts == 0 < state_ts:
-            self.groups.save(
-                dataclasses.replace(
-                    record,
-                    name=name,
-                    description=description,
-                    state_ts=state_ts,
-                    named_by=unchecked_from,
-                )
-            )
+        stale = record.newcomer and record.state_ts < state_ts
+        if not (record.state_ts == 0 < state_ts or stale):
+            return None
+        new = dataclasses.replace(
+            record, name=name, description=description, state_ts=state_ts, named_by=unchecked_from
+        )
+        self.groups.save(new)
+        if record.state_ts == 0:
+            return None
+        ts = max(state_ts, self.groups.newest_ts(gid))  # learned now: after what the chat shows
+        return self._state_line(record, new, f"state/share/{state_ts}", "", ts)
+
+    def _state_line(
+        self, old: GroupRecord, new: GroupRecord, key: str, actor: str, ts: int
+    ) -> GroupChanged | None:
+        """The line of a new name or description (`actor` "" when who made it is not known)."""
+        action = ("renamed" if old.name else "named") if new.name != old.name else "described"
+        return self._line(new, key, action, actor, (), 0, ts)
 
     def identity_changed(self, change: IdentityChanged, ts: int) -> list[GroupChanged]:
         """A line in every group the number is a member of: its safety number changed."""
@@ -215,6 +247,10 @@ def _changed(record: GroupRecord, notice: GroupNotice) -> GroupRecord:
 def line_text(action: str, actor: str, numbers: tuple[str, ...], record: GroupRecord) -> str:
     """The system line shown in a group's chat for a change."""
     who = ", ".join(numbers)
+    if not actor and action in ("named", "renamed"):  # passed on by a member: made by whom?
+        return f"the group is named “{record.name}”"
+    if not actor and action == "described":
+        return f"the group's description is: {record.description}"
     match action:
         case "created":
             return f"{actor} created the group"

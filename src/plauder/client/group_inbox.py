@@ -302,11 +302,12 @@ class GroupInbox:
             self._group_keys.import_share(share, device.identity_key, device)
         except UntrustedDevice as exc:
             return [DecryptionError(sender, device.device_id, f"group key refused: {exc}")]
+        named = None
         if known is None or not known.members:  # the name counts once members show who may edit
             self._book.adopt_state(key.group, key.name, key.description, key.state_ts, sender)
         elif not reason and not refusal(known, sender, "edit"):
-            self._book.adopt_state(key.group, key.name, key.description, key.state_ts)
-        events: list[Event] = []
+            named = self._book.adopt_state(key.group, key.name, key.description, key.state_ts)
+        events: list[Event] = [] if named is None else [named]
         for waiting in self._book.groups.waiting(device.identity_key, key.session_id):
             events += self._decrypt(waiting, keep=False)
             self._book.groups.remove_waiting(waiting.seq)

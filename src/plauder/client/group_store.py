@@ -75,6 +75,9 @@ class GroupRecord:
     rotate: bool = False  # a member left or was removed: the next send starts a new session
     named_by: str = ""  # who named a group not known yet by a key share: checked once it is
     earlier: EarlierView | None = None
+    # this account (re)entered the group and no state message told it the current name yet:
+    # a key share may bring a newer one, and the next state may be passed on by a non-author
+    newcomer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,7 @@ class GroupStore:
                 "description": record.description,
                 "ts": record.state_ts,
                 "by": record.named_by,
+                "new": record.newcomer,
             }
         ).encode()
         earlier = record.earlier
@@ -166,6 +170,7 @@ class GroupStore:
             rotate=bool(row[8]),
             named_by=state.get("by", ""),
             earlier=_earlier_decoder.decode(str(row[9])) if row[9] else None,
+            newcomer=state.get("new", False),
         )
 
     def unread(self, gid: str) -> list[tuple[str, str]]:
@@ -176,6 +181,21 @@ class GroupStore:
             (gid,),
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
+
+    def newest_ts(self, gid: str) -> int:
+        """The time of a group's newest line or message (0 if none)."""
+        row = self._db.execute(
+            "SELECT max(coalesce(server_ts, ts)) FROM messages WHERE chat = ?", (gid,)
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def sent_status(self, gid: str, message_id: str) -> str:
+        """The status of a message this account sent to a group ("" if there is none such)."""
+        row = self._db.execute(
+            "SELECT status FROM messages WHERE chat = ? AND id = ? AND outgoing = 1",
+            (gid, message_id),
+        ).fetchone()
+        return "" if row is None else str(row[0])
 
     # --- this device's outbound sessions -------------------------------------------------
 

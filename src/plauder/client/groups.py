@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from plauder.client.connection import next_request_id
 from plauder.client.contacts import normalize
-from plauder.client.errors import UnknownGroup
+from plauder.client.errors import ServerError, UnknownGroup
 from plauder.client.group_book import SYSTEM, GroupBook
 from plauder.client.group_store import GroupRecord
 from plauder.client.link import Link
@@ -18,6 +18,7 @@ from plauder.client.sending import SEND_TIMEOUT, FileSending
 from plauder.client.store import STATUS_RANK, HistoryEntry, LocalStore
 from plauder.clock import Clock
 from plauder.protocol.content import Content, GroupState, Media, Receipt, Text, encode_content
+from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import (
     ClientFrame,
     GetGroup,
@@ -140,7 +141,7 @@ class Groups:
         if not isinstance(answer, GroupInfo):
             return None
         with parts.store.transaction():
-            parts.book.apply_info(answer)
+            parts.book.apply_join(answer)
         return Group(parts, answer.gid.hex())
 
 
@@ -233,7 +234,10 @@ class Group(FileSending):
         return self._parts.book.groups.receipts(message_id)
 
     def summary(self, message_id: str) -> str:
-        """A message's receipts in words: "delivered to all", "read by 2 of 3", ..."""
+        """A message's receipts in words: "delivered to all", "read by 2 of 3", "failed", ..."""
+        status = self._parts.book.groups.sent_status(self.gid, message_id)
+        if status in UNSENT:  # the server never stored it: nobody got it
+            return UNSENT[status]
         return receipt_summary(self.receipts(message_id))
 
     async def mark_read(self) -> list[str]:
@@ -327,8 +331,15 @@ class Group(FileSending):
         await self._answer(numbers, approve=False)
 
     async def refresh(self) -> None:
-        """Fetch members, roles and settings from the server."""
-        await self._parts.info(GetGroup(id=next_request_id(), gid=bytes.fromhex(self.gid)))
+        """Fetch members, roles and settings from the server (ServerError once we are out)."""
+        parts = self._parts
+        try:
+            await parts.info(GetGroup(id=next_request_id(), gid=bytes.fromhex(self.gid)))
+        except ServerError as exc:
+            if exc.code == ErrorCode.UNKNOWN_GROUP:  # removed while we did not listen
+                with parts.store.transaction():
+                    parts.book.left(self.gid)
+            raise
 
     async def _change(
         self, kind: type[GroupAdd] | type[GroupRemove], numbers: Iterable[str]
@@ -371,6 +382,9 @@ class Group(FileSending):
         record = self._record
         if record.name and (record.settings.edit == "all" or record.role == "admin"):
             await self.set_info(record.name, record.description, record.state_ts)
+
+
+UNSENT = {"pending": "not sent yet", "failed": "failed"}  # a sent message's summary before `sent`
 
 
 def receipt_summary(receipts: dict[str, str]) -> str:
