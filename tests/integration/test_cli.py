@@ -116,3 +116,36 @@ async def test_numbers_as_typed_receipts_in_words_and_empty_lists(
     run(B, "mark-read", A)
     assert run(A, "receive") == f"✓✓ read by {B}: {mid}\n"
     assert run(A, "history", B).endswith("you: Hallo  ✓✓ read\n")
+
+
+def test_sent_while_the_server_is_down_goes_out_with_the_next_receive(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "profiles"
+    for number in (A, B):
+        plauder(cfg, "-a", number, "register", "--server", server.url)
+        plauder(cfg, "-a", number, "verify", server.code_for(number))
+    plauder(cfg, "-a", A, "send", "-m", "vorher", B)  # the session exists now
+    assert "vorher" in plauder(cfg, "-a", B, "receive").stdout
+    server.kill()
+
+    text = plauder(cfg, "-a", A, "send", "-m", "im Funkloch", B, "--wait", "2", check=False)
+    assert text.returncode == 75, text.stderr  # queued, not failed
+    assert text.stdout.startswith(f"⏳ queued for {B} (")
+    note = tmp_path / "notiz.txt"
+    note.write_text("Dienstplan: Montag früh\n")
+    queued = lines(
+        plauder(
+            cfg, "--json", "-a", A, "send", "--attach", str(note), B, "--wait", "2", check=False
+        ).stdout
+    )
+    assert queued[0]["type"] == "queued"
+    assert "im Funkloch  …" in plauder(cfg, "-a", A, "history", B).stdout  # pending
+
+    server.start()
+    plauder(cfg, "-a", A, "receive")  # connects, and what was queued goes out
+    history = lines(plauder(cfg, "-a", A, "--json", "history", B).stdout)
+    assert [h["status"] for h in history[-2:]] == ["sent", "sent"]
+    got = plauder(cfg, "-a", B, "receive", "--download-dir", str(tmp_path / "in")).stdout
+    assert f"{A}: im Funkloch" in got and "📎 notiz.txt" in got
+    assert (tmp_path / "in" / "notiz.txt").read_text() == "Dienstplan: Montag früh\n"

@@ -18,9 +18,12 @@ from plauder.client import (
     Event,
     Group,
     MessageReceived,
+    Queued,
     UnknownGroup,
 )
 from plauder.client.servers import parse_servers
+
+QUEUED_EXIT = 75  # sysexits' EX_TEMPFAIL: not sent yet, queued to go out later
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -56,6 +59,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--voice", type=Path, metavar="AUDIO", help="send an audio file as a voice note")
     p.add_argument("--low-data", action="store_true", help="a smaller voice note, for mobile data")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="how long to wait for a server before leaving it queued (default 20; "
+        f"exit status {QUEUED_EXIT} then)",
+    )
     p.set_defaults(run=send)
 
     p = add(
@@ -182,15 +193,16 @@ async def verify(args: argparse.Namespace) -> int:
 
 
 async def send(args: argparse.Namespace) -> int:
-    """Send one text, file or voice note and wait for the server's tick."""
+    """Send one text, file or voice note and wait for the server's tick (or leave it queued)."""
     if bool(args.recipient) == bool(args.group):
         raise ClientError("say whom to send to: a number, or --group NAME")
     chosen = [x for x in (args.message, args.attach, args.voice) if x is not None]
     if len(chosen) != 1:
         raise ClientError("say what to send: -m TEXT, --attach FILE or --voice AUDIO (one)")
-    client = _client(args)
+    client = _client(args, connect_timeout=args.wait)
+    out = Printer(args.json)
     try:
-        await client.start(receive=False)
+        await client.start(receive=False, wait=False)  # what is queued needs no server yet
         target: Chat | Group
         if args.group:
             target = await groups.find(client, args.group)
@@ -198,13 +210,25 @@ async def send(args: argparse.Namespace) -> int:
         else:
             target = client.chat(args.recipient)
             to, fields = target.peer, {"recipient": target.peer}
-        if args.message is not None:
-            mid = await target.send_text(args.message)
-        else:
-            mid = await media.send(args, target)
+        try:
+            if args.message is not None:
+                mid = await target.send_text(args.message, timeout=args.wait)
+            else:
+                mid = await media.send(args, target, timeout=args.wait)
+        except Queued as exc:
+            out.emit(
+                "queued",
+                f"⏳ queued for {to} ({exc.message_id}): no server confirmed it yet; it goes "
+                "out the next time plauder connects (`plauder receive`, or another send)",
+                id=exc.message_id,
+                **fields,
+            )
+            return QUEUED_EXIT
+        with contextlib.suppress(ClientError, TimeoutError):
+            await client.wait_sent(timeout=10.0)  # sends queued before go out with this one
     finally:
         await client.close()
-    Printer(args.json).emit("sent", f"✓ sent to {to} ({mid})", id=mid, **fields)
+    out.emit("sent", f"✓ sent to {to} ({mid})", id=mid, **fields)
     return 0
 
 
@@ -229,6 +253,8 @@ async def receive(args: argparse.Namespace) -> int:
                         await show(ev)
         else:
             await client.wait_idle(timeout=120.0)
+            with contextlib.suppress(ClientError, TimeoutError):
+                await client.wait_sent(timeout=30.0)  # sends and files queued while offline
         for ev in client.pending_events():
             await show(ev)
     finally:

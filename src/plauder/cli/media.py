@@ -71,15 +71,21 @@ def progress_bar(label: str, enabled: bool) -> Iterator[ProgressCallback | None]
         yield update
 
 
-async def send(args: argparse.Namespace, target: Chat | Group) -> str:
+async def send(args: argparse.Namespace, target: Chat | Group, timeout: float) -> str:
     """Send `--attach` or `--voice` to a chat or group, with a progress bar; returns the id."""
     path: Path = args.attach or args.voice
     label = f"⬆ {path.name}"
     with progress_bar(label, not args.json) as progress:
         if args.voice is not None:
-            return await target.send_voice(path, low_data=args.low_data, progress=progress)
+            return await target.send_voice(
+                path, low_data=args.low_data, progress=progress, timeout=timeout
+            )
         return await target.send_file(
-            path, caption=args.caption, keep_metadata=args.keep_metadata, progress=progress
+            path,
+            caption=args.caption,
+            keep_metadata=args.keep_metadata,
+            progress=progress,
+            timeout=timeout,
         )
 
 

@@ -244,7 +244,7 @@ def _duration(ms: int) -> str:
 
 
 def describe(media: Media) -> str:
-    """A file message in one line: kind, name, size, dimensions or length, caption."""
+    """A file message in one line: kind, name, size, dimensions or length, caption, short id."""
     if media.kind == "voice":
         text = f"🎤 voice note {_duration(media.duration_ms)} ({human_size(media.size)})"
     else:
@@ -257,7 +257,7 @@ def describe(media: Media) -> str:
         text = f"{icon} {media.name or media.kind} ({', '.join(facts)})"
     if media.caption:
         text += f" “{media.caption}”"
-    return text
+    return f"{text} [{media.id[:8]}]"  # enough for `plauder media get ID`
 
 
 def media_fields(media: Media, path: str | None = None) -> dict[str, Any]:

@@ -435,8 +435,12 @@ class Client:
         """
         found = self.find_media(message_id)
         if len(found) != 1:
-            what = "no message" if not found else f"{len(found)} messages"
-            raise MediaFileError(f"{what} with a file match {message_id!r}: see `history`")
+            what = (
+                "no message with a file matches"
+                if not found
+                else f"{len(found)} messages with a file match"
+            )
+            raise MediaFileError(f"{what} {message_id!r}: see `history`")
         return found[0]
 
     async def download(
