@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from plauder.crypto import AccountKey, Device
+from plauder.crypto.invite import MAX_CARD_BYTES
 from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import (
     Ack,
@@ -385,10 +386,14 @@ async def test_invite_links_join_revoke_and_approval(
 ) -> None:
     a, b, e, f = await members(session, server, 4)
     gid = await create(a, [b])
-    link = await a.ok(GroupInvite(id=rid(), gid=gid))
+    too_big = await a.request(GroupInvite(id=rid(), gid=gid, card=bytes(MAX_CARD_BYTES + 1)))
+    assert isinstance(too_big, Error) and too_big.code == ErrorCode.INVALID_REQUEST
+    card = b"sealed name and description"  # opaque to the server: kept and handed to joiners
+    link = await a.ok(GroupInvite(id=rid(), gid=gid, card=card))
     assert isinstance(link, GroupLink) and len(link.token) >= 16
     joined = await e.ok(GroupJoin(id=rid(), token=link.token))
     assert isinstance(joined, GroupInfo) and e.number in [m.number for m in joined.members]
+    assert joined.card == card
     for m in (a, b, e):
         assert await m.notice() == ("joined", [e.number], e.number)
 
@@ -406,7 +411,7 @@ async def test_invite_links_join_revoke_and_approval(
     link = await a.ok(GroupInvite(id=rid(), gid=gid))
     assert isinstance(link, GroupLink)
     waiting = await f.ok(GroupJoin(id=rid(), token=link.token))
-    assert isinstance(waiting, JoinRequested) and waiting.gid == gid
+    assert isinstance(waiting, JoinRequested) and waiting.gid == gid and waiting.card == b""
     for m in (a, b, e):
         assert (await m.notice())[0] == "settings"
     assert await a.notice() == ("requested", [f.number], f.number)

@@ -46,7 +46,7 @@ async def test_group_create_send_receive_manage_and_list(
 
     link = run(A, "group", "invite-link", "Familie Koch").strip()
     assert link.startswith("plauder://join/")
-    assert f"joined (no name yet) ({gid})" in run(E, "group", "join", link)
+    assert f"joined Familie Koch ({gid})" in run(E, "group", "join", link)  # the link's card
     run(B, "group", "leave", gid)  # B has not received the new name yet
     run(A, "send", "-m", "Willkommen, E!", "--group", "Familie Koch")
     got = run(E, "receive")
@@ -100,10 +100,10 @@ async def test_a_removed_member_rejoins_and_the_lines_say_who_did_what(
     run(B, "group", "rename", "Familie", "Familie Koch")
     run(A, "receive")
     link = run(A, "group", "invite-link", "Familie Koch").strip()
-    run(C, "group", "join", link)
-    run(A, "receive")  # A's device tells C the name
-    got = run(C, "receive")
-    assert "[Familie Koch] the group is named “Familie Koch”" in got, got
+    # the link's card tells C the current name at once; A's device tells it again
+    assert "joined Familie Koch" in run(C, "group", "join", link)
+    run(A, "receive")
+    run(C, "receive")
     history = run(C, "history", "Familie Koch")
     assert "renamed" not in history and "· the group is named “Familie Koch”" in history, history
     assert f"· {A} removed {C}" in history and f"· {C} joined" in history

@@ -133,6 +133,32 @@ async def test_invite_link_join_approval_and_revoke(make_client: MakeClient) -> 
     assert refused.value.code == "invalid_link"
 
 
+async def test_the_link_names_the_group_while_every_member_is_offline(
+    make_client: MakeClient, server: ServerProcess
+) -> None:
+    alice, bob, erin, frank = [await make_client() for _ in range(4)]
+    group = await alice.groups.create("Bergwacht", [bob.number])
+    await group.describe("Einsätze und Dienstplan")
+    link = await group.invite_link()
+    token, _, key = link.partition("#")
+    assert key  # the card's key rides in the link, after the "#"
+    await alice.close()
+    await bob.close()  # nobody is online to welcome the newcomer
+
+    joined = await erin.groups.join(link)
+    assert joined is not None
+    assert (joined.name, joined.description) == ("Bergwacht", "Einsätze und Dienstplan")
+    # the server keeps the card but can read neither the name nor the key
+    for table, column in (("groups", "invite_card"), ("envelopes", "body")):
+        for (value,) in server.sql(f"SELECT {column} FROM {table}"):
+            assert b"Bergwacht" not in bytes(value or b"")
+    assert key not in server.log_text() and token.rsplit("/", 1)[1] not in server.log_text()
+
+    # the same link without its key still joins; the name then waits for a member
+    nameless = await frank.groups.join(token)
+    assert nameless is not None and nameless.name == ""
+
+
 async def test_a_member_back_by_link_learns_the_new_name_from_any_editor(
     make_client: MakeClient,
 ) -> None:

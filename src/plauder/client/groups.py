@@ -17,6 +17,7 @@ from plauder.client.outbox import Outbox
 from plauder.client.sending import SEND_TIMEOUT, FileSending
 from plauder.client.store import STATUS_RANK, HistoryEntry, LocalStore
 from plauder.clock import Clock
+from plauder.crypto.invite import InvalidCard, InviteCard, new_link_key, open_card, seal_card
 from plauder.protocol.content import Content, GroupState, Media, Receipt, Text, encode_content
 from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import (
@@ -35,9 +36,10 @@ from plauder.protocol.frames import (
     GroupSetRole,
     GroupSetSettings,
     GroupSettings,
+    JoinRequested,
     ListGroups,
 )
-from plauder.protocol.groups import GID_BYTES, link, token_of
+from plauder.protocol.groups import GID_BYTES, key_of, link, token_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +137,35 @@ class Groups:
         return self.list()
 
     async def join(self, invite: str) -> "Group | None":
-        """Join by invite link; None while the request waits for an admin's approval."""
+        """Join by invite link; None while the request waits for an admin's approval.
+
+        The group's name and description come from the link's card at once
+        (the server cannot read it); a card that does not open is ignored, and
+        the name then comes from the members' devices as before.
+        """
         parts = self._parts
         answer = await parts.link.request(GroupJoin(id=next_request_id(), token=token_of(invite)))
         if not isinstance(answer, GroupInfo):
+            assert isinstance(answer, JoinRequested)
             return None
+        card = _open_card(invite, answer.card)
+        gid = answer.gid.hex()
         with parts.store.transaction():
             parts.book.apply_join(answer)
-        return Group(parts, answer.gid.hex())
+            if card is not None:
+                parts.book.adopt_state(gid, card.name, card.description, card.state_ts)
+        return Group(parts, gid)
+
+
+def _open_card(invite: str, sealed: bytes) -> InviteCard | None:
+    """The invite card of a link, if it has one that opens with its key."""
+    key = key_of(invite)
+    if not key or not sealed:
+        return None
+    try:
+        return open_card(key, sealed)
+    except InvalidCard:
+        return None
 
 
 class Group(FileSending):
@@ -361,12 +384,19 @@ class Group(FileSending):
         await self._parts.info(frame)
 
     async def _invite(self, revoke: bool) -> str:
-        frame = GroupInvite(id=next_request_id(), gid=bytes.fromhex(self.gid), revoke=revoke)
+        key, card = b"", b""
+        if not revoke:  # the name and description, readable by whoever holds the link
+            record = self._record
+            key = new_link_key()
+            card = seal_card(key, InviteCard(record.name, record.description, record.state_ts))
+        frame = GroupInvite(
+            id=next_request_id(), gid=bytes.fromhex(self.gid), revoke=revoke, card=card
+        )
         answer = await self._parts.link.request(frame)
         assert isinstance(answer, GroupLink)
         with self._parts.store.transaction():
             self._parts.book.groups.save(dataclasses.replace(self._record, link=not revoke))
-        return link(answer.token) if answer.token else ""
+        return link(answer.token, key) if answer.token else ""
 
     async def _answer(self, numbers: Iterable[str], approve: bool) -> None:
         frame = GroupAnswer(

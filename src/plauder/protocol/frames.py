@@ -281,11 +281,16 @@ class GroupSetSettings(_Frame, tag="group_set_settings", frozen=True, kw_only=Tr
 
 
 class GroupInvite(_Frame, tag="group_invite", frozen=True, kw_only=True):
-    """Admins: create a new invite link token (the old one stops working), or revoke it."""
+    """Admins: create a new invite link token (the old one stops working), or revoke it.
+
+    `card` is the group's name and description sealed under a key only the
+    link carries (crypto/invite.py): the server keeps it for joiners, unread.
+    """
 
     id: int
     gid: bytes
     revoke: bool = False
+    card: bytes = b""
 
 
 class GroupJoin(_Frame, tag="group_join", frozen=True, kw_only=True):
@@ -500,6 +505,7 @@ class GroupInfo(_Frame, tag="group_info", frozen=True, kw_only=True):
     settings: GroupSettings
     requests: list[str] = []  # numbers waiting for approval (admins only)
     link: bool = False  # whether an invite link is active (admins only)
+    card: bytes = b""  # in the answer to `group_join`: the link's sealed invite card
 
 
 class GroupList(_Frame, tag="group_list", frozen=True, kw_only=True):
@@ -518,10 +524,11 @@ class GroupLink(_Frame, tag="group_link", frozen=True, kw_only=True):
 
 
 class JoinRequested(_Frame, tag="join_requested", frozen=True, kw_only=True):
-    """The group needs an admin's approval: the request is waiting."""
+    """The group needs an admin's approval: the request is waiting (`card` as in group_info)."""
 
     id: int
     gid: bytes
+    card: bytes = b""
 
 
 class GroupDeviceList(_Frame, tag="group_device_list", frozen=True, kw_only=True):

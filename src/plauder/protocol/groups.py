@@ -1,5 +1,7 @@
 """Group constants both sides share: envelope types, the device digest, invite links."""
 
+import base64
+import binascii
 import hashlib
 from collections.abc import Iterable
 
@@ -57,12 +59,23 @@ def decode_body(data: bytes) -> GroupBody:
     return body
 
 
-def link(token: str) -> str:
-    """The invite link users share for a token."""
-    return LINK_PREFIX + token
+def link(token: str, key: bytes = b"") -> str:
+    """The invite link users share for a token, with its card's key after a `#`."""
+    fragment = "#" + base64.urlsafe_b64encode(key).decode().rstrip("=") if key else ""
+    return LINK_PREFIX + token + fragment
 
 
 def token_of(link_or_token: str) -> str:
-    """The token inside an invite link (or the token itself)."""
+    """The token inside an invite link (or the token itself); the only part a server sees."""
     text = link_or_token.strip()
-    return text[len(LINK_PREFIX) :] if text.startswith(LINK_PREFIX) else text
+    text = text[len(LINK_PREFIX) :] if text.startswith(LINK_PREFIX) else text
+    return text.split("#", 1)[0]
+
+
+def key_of(link: str) -> bytes:
+    """The key of the card in an invite link; b"" if it has none (or a malformed one)."""
+    _, _, fragment = link.strip().partition("#")
+    try:
+        return base64.urlsafe_b64decode(fragment + "=" * (-len(fragment) % 4))
+    except (binascii.Error, ValueError):
+        return b""

@@ -5,6 +5,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from plauder.clock import Clock
+from plauder.crypto.invite import MAX_CARD_BYTES
 from plauder.protocol import codec
 from plauder.protocol.errors import ErrorCode
 from plauder.protocol.frames import (
@@ -107,8 +108,13 @@ class Groups:
             case GroupSetSettings():
                 result = await self._run(ops.set_settings, actor, frame.gid, frame.settings, now)
             case GroupInvite():
+                if len(frame.card) > MAX_CARD_BYTES:
+                    raise ServiceError(
+                        ErrorCode.INVALID_REQUEST,
+                        f"an invite card may have at most {MAX_CARD_BYTES} bytes",
+                    )
                 token = None if frame.revoke else secrets.token_urlsafe(16)
-                await self._store.run(ops.set_invite, actor, frame.gid, token)
+                await self._store.run(ops.set_invite, actor, frame.gid, token, frame.card)
                 return GroupLink(id=frame.id, gid=frame.gid, token=token or ""), []
             case GroupAnswer():
                 numbers = self._numbers(frame.numbers)
@@ -129,11 +135,11 @@ class Groups:
     async def _join(self, frame: GroupJoin, actor: Sender, now: int) -> ServerFrame:
         if not 0 < len(frame.token) <= 64:
             raise ServiceError(ErrorCode.INVALID_LINK, "this invite link is not valid")
-        gid, result = await self._store.run(ops.join, actor, frame.token, self._limits, now)
+        gid, card, result = await self._store.run(ops.join, actor, frame.token, self._limits, now)
         await self.route(result.fanouts)
         if result.view is None:
-            return JoinRequested(id=frame.id, gid=gid)
-        return _info(frame.id, result.view)
+            return JoinRequested(id=frame.id, gid=gid, card=card)
+        return _info(frame.id, result.view, card)
 
     async def _send(self, frame: GroupSend, actor: Sender, now: int) -> Sent:
         if len(frame.cmid) not in CMID_SIZES:
@@ -224,7 +230,7 @@ def _check_gid(gid: bytes) -> None:
         raise ServiceError(ErrorCode.INVALID_REQUEST, f"a group id has {GID_BYTES} bytes")
 
 
-def _info(request_id: int, view: ops.GroupView) -> GroupInfo:
+def _info(request_id: int, view: ops.GroupView, card: bytes = b"") -> GroupInfo:
     return GroupInfo(
         id=request_id,
         gid=view.gid,
@@ -233,4 +239,5 @@ def _info(request_id: int, view: ops.GroupView) -> GroupInfo:
         settings=view.settings,
         requests=view.requests,
         link=view.link,
+        card=card,
     )

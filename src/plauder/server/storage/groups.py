@@ -380,25 +380,35 @@ async def set_settings(
     return await _change(tx, group, gid, actor, "settings", [], now_ms, settings=settings)
 
 
-async def set_invite(tx: Tx, actor: Sender, gid: bytes, token: str | None) -> None:
-    """Admins: replace the group's invite link token (None: no link)."""
+async def set_invite(
+    tx: Tx, actor: Sender, gid: bytes, token: str | None, card: bytes = b""
+) -> None:
+    """Admins: replace the group's invite link token and its sealed card (None: no link)."""
     group = await _as_admin(tx, actor, gid)
     digest = None if token is None else _token_digest(token)
-    await tx.execute("UPDATE groups SET invite = ? WHERE id = ?", digest, group.id)
+    await tx.execute(
+        "UPDATE groups SET invite = ?, invite_card = ? WHERE id = ?",
+        digest,
+        None if token is None else card,
+        group.id,
+    )
 
 
 async def join(
     tx: Tx, actor: Sender, token: str, limits: GroupLimits, now_ms: int
-) -> tuple[bytes, GroupResult]:
-    """Join by invite token; the result has no view while the request waits for an admin."""
-    row = await tx.fetchone("SELECT gid FROM groups WHERE invite = ?", _token_digest(token))
+) -> tuple[bytes, bytes, GroupResult]:
+    """Join by invite token: the gid, the link's sealed card, and the result (no view
+    while the request waits for an admin)."""
+    row = await tx.fetchone(
+        "SELECT gid, invite_card FROM groups WHERE invite = ?", _token_digest(token)
+    )
     if row is None:
         raise ServiceError(ErrorCode.INVALID_LINK, "this invite link is not valid (any more)")
-    gid = bytes(row[0])
+    gid, card = bytes(row[0]), bytes(row[1] or b"")
     group = await _group(tx, gid, lock=UPDATE)
     current = await _members(tx, group.id)
     if actor.account_id in current:
-        return gid, GroupResult(await group_view(tx, actor.account_id, gid), [])
+        return gid, card, GroupResult(await group_view(tx, actor.account_id, gid), [])
     if len(current) + 1 > limits.max_members:
         raise ServiceError(ErrorCode.GROUP_FULL, "the group is full")
     await _check_group_counts(tx, [actor.account_id], limits)
@@ -406,7 +416,7 @@ async def join(
         result = await _change(
             tx, group, gid, actor, "joined", [actor.number], now_ms, add=[actor.account_id]
         )
-        return gid, result
+        return gid, card, result
     asked = await tx.execute(
         "INSERT INTO group_requests (group_id, account_id, ts) VALUES (?, ?, ?) "
         "ON CONFLICT DO NOTHING",
@@ -415,12 +425,12 @@ async def join(
         now_ms,
     )
     if not asked:
-        return gid, GroupResult(None, [])  # asked before: the admins know
+        return gid, card, GroupResult(None, [])  # asked before: the admins know
     admins = [a for a, r in current.items() if r == ADMIN]
     result = await _change(
         tx, group, gid, actor, "requested", [actor.number], now_ms, audience=admins
     )
-    return gid, GroupResult(None, result.fanouts)
+    return gid, card, GroupResult(None, result.fanouts)
 
 
 async def answer(

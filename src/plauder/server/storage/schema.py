@@ -128,6 +128,11 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX media_by_account ON media (account, created)",
         "CREATE INDEX media_by_expires ON media (expires)",
     ],
+    [
+        # the invite link's card: name and description sealed under a key only the link
+        # holds (crypto/invite.py); NULL without a link
+        "ALTER TABLE groups ADD COLUMN invite_card {blob}",
+    ],
 ]
 
 # Envelope ids are handed out by the server in commit order (storage/sqlite_sends.py), so
