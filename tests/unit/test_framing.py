@@ -5,7 +5,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from plauder.server.framing import BatchedWriter, binary_frame_header
+from plauder.server.framing import BatchedWriter, Flusher, binary_frame_header
 
 SIZES = [0, 1, 125, 126, 127, 65535, 65536, 200_000]
 
@@ -23,7 +23,8 @@ async def test_a_real_client_reads_every_batched_frame_in_order() -> None:
     async def handler(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(compress=False)
         await ws.prepare(request)
-        writer = BatchedWriter(request.transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+        flusher = Flusher(asyncio.get_running_loop())
+        writer = BatchedWriter(request.transport, flusher)  # type: ignore[arg-type]
         for p in payloads:  # all in one turn of the loop: one write
             assert writer.send(p)
         await ws.receive()  # until the client closes
@@ -45,3 +46,32 @@ async def test_a_real_client_reads_every_batched_frame_in_order() -> None:
         assert got == payloads
     finally:
         await runner.cleanup()
+
+
+class _Socket:
+    """A transport that records what is written to it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_every_connection_is_written_once_per_loop_turn() -> None:
+    loop = asyncio.get_running_loop()
+    flusher = Flusher(loop)
+    sockets = [_Socket() for _ in range(3)]
+    writers = [BatchedWriter(s, flusher) for s in sockets]
+    for w in writers:  # a group message to three connections, then a second one
+        assert w.send(b"one") and w.send(b"two")
+    assert all(not s.writes for s in sockets)  # nothing before the turn ends
+    await asyncio.sleep(0)
+    frame = binary_frame_header(3)
+    assert all(s.writes == [frame + b"one" + frame + b"two"] for s in sockets)
+    writers[1].send(b"three")  # a later turn writes only what it queued
+    await asyncio.sleep(0)
+    assert [len(s.writes) for s in sockets] == [1, 2, 1]

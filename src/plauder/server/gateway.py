@@ -41,7 +41,7 @@ from plauder.server.calls import Calls
 from plauder.server.config import Config
 from plauder.server.delivery import DeviceFeed
 from plauder.server.errors import ServiceError, StorageError
-from plauder.server.framing import BatchedWriter
+from plauder.server.framing import BatchedWriter, Flusher
 from plauder.server.groups import GROUP_FRAMES, Groups
 from plauder.server.keys import Keys
 from plauder.server.media import MEDIA_FRAMES, MediaService
@@ -102,6 +102,13 @@ class Gateway:
         self.connections: set[Connection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.accepting = True
+        self._flusher: Flusher | None = None
+
+    def flusher(self) -> Flusher:
+        """The one flusher of this server's connections (made on the running loop)."""
+        if self._flusher is None:
+            self._flusher = Flusher(asyncio.get_running_loop())
+        return self._flusher
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """aiohttp handler of /v1/ws."""
@@ -156,7 +163,7 @@ class Connection:
         self.gw = gw
         self.ws = ws
         self.transport = transport
-        self.writer = BatchedWriter(transport, asyncio.get_running_loop())
+        self.writer = BatchedWriter(transport, gw.flusher())
         self.state = State.NEW
         self.challenge: bytes | None = None
         self.sender: Sender | None = None
