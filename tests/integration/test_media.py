@@ -310,6 +310,10 @@ async def test_a_file_cut_off_by_a_crash_or_sent_offline_goes_out_later(
     held = (server.data / "media" / "partial" / blob_id).stat().st_size
     assert 0 < held < encrypted_size(len(plain))
 
+    # a copy staged by a send that died before encrypting is cleaned up too
+    orphan = alice.profile_dir / "media" / "outgoing" / f"{'ab' * 16}.stage"
+    orphan.mkdir()
+    (orphan / "notiz.ogg").write_bytes(b"OggS staged voice note")
     alice = Client(alice.profile_dir, alice.number)
     try:
         assert alice.history(bob.number)[-1].status == "pending"  # shown while it waits

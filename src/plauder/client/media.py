@@ -8,6 +8,7 @@ import mimetypes
 import os
 import re
 import secrets
+import shutil
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -123,6 +124,7 @@ class MediaService:
         keep_metadata: bool = False,
         low_data: bool = False,
         progress: Progress | None = None,
+        timeout: float | None = None,
     ) -> Media:
         """Prepare, encrypt and upload a file for `chat` (its id, whether a group).
 
@@ -130,17 +132,24 @@ class MediaService:
         encrypted it is a job in the store, shown as a pending message: when
         the upload cannot finish now, this raises NotConnected and the job
         goes on at the next connection (`resume`) until its message is posted
-        (`posted`). Other errors (ServerError media_too_large, an unreadable
-        file) end it.
+        (`posted`); so it does when no server reserved the blob within
+        `timeout` seconds. Other errors (ServerError media_too_large, an
+        unreadable file) end it.
         """
-        scratch = self._workdir / "outgoing"
-        out, size = await asyncio.to_thread(
-            self._stage, path, kind, keep_metadata, low_data, scratch
-        )
+        # copies (a cleaned photo, a voice note) go into a folder of their own until encrypted
+        stage = self._workdir / "outgoing" / f"{mid}.stage"
+        self._active.add(mid)
+        try:
+            out, size = await asyncio.to_thread(
+                self._stage, path, kind, keep_metadata, low_data, stage
+            )
+        except BaseException:
+            self._active.discard(mid)
+            await asyncio.to_thread(shutil.rmtree, stage, True)
+            raise
         blob = self._blob(mid)
         job = _Job(mid, chat, encrypted_size(size))
         stop = threading.Event()
-        self._active.add(mid)
         try:
             loop = asyncio.get_running_loop()
             written = Growing()
@@ -155,7 +164,7 @@ class MediaService:
                 )
             )
             encrypting.add_done_callback(functools.partial(_failed, written=written))
-            sending = asyncio.ensure_future(self._send_blob(job, blob, progress, written))
+            sending = asyncio.ensure_future(self._send_blob(job, blob, progress, written, timeout))
             try:
                 await asyncio.wait({encrypting, sending}, return_when=asyncio.FIRST_COMPLETED)
                 if sending.done() and not _later(sending.exception()):
@@ -166,12 +175,11 @@ class MediaService:
                 sending.cancel()
                 await asyncio.gather(encrypting, sending, return_exceptions=True)
                 await asyncio.to_thread(_remove, blob, None)
+                await asyncio.to_thread(shutil.rmtree, stage, True)
                 raise
-            finally:
-                if out.temporary:
-                    await asyncio.to_thread(_remove, out.path, None)
             job.media = _describe(mid, ts, caption, out, result)
             self._save(job)  # from here on the file goes out, now or after a reconnection
+            await asyncio.to_thread(shutil.rmtree, stage, True)
             try:
                 await sending
             except Exception as exc:
@@ -203,8 +211,9 @@ class MediaService:
         self._resuming = True
         try:
             jobs = self._store.media_jobs()
-            keep = {j.id for j in jobs} | self._active
-            await asyncio.to_thread(_remove_orphans, self._workdir / "outgoing", keep)
+            await asyncio.to_thread(
+                _remove_orphans, self._workdir / "outgoing", {j.id for j in jobs}, set(self._active)
+            )
             for stored in jobs:
                 if stored.id in self._active:
                     continue
@@ -230,12 +239,17 @@ class MediaService:
             self._resuming = False
 
     async def _send_blob(
-        self, job: "_Job", blob: Path, progress: Progress | None, written: Growing | None
+        self,
+        job: "_Job",
+        blob: Path,
+        progress: Progress | None,
+        written: Growing | None,
+        timeout: float | None = None,
     ) -> None:
-        """Reserve the job's blob on the server if needed, then upload it, resuming."""
+        """Reserve the job's blob on the server if needed (within `timeout`), then upload it."""
         first = None
         if not job.blob_id:
-            first = await self._transfer.reserve(job.enc_size)
+            first = await asyncio.wait_for(self._transfer.reserve(job.enc_size), timeout)
             job.blob_id = first.media
             self._save(job)
         try:
@@ -247,7 +261,7 @@ class MediaService:
                 raise
             # the reservation expired while the job waited: start the upload again
             job.blob_id = ""
-            await self._send_blob(job, blob, progress, written)
+            await self._send_blob(job, blob, progress, written, timeout)
 
     def _save(self, job: "_Job") -> None:
         """Store the job once its description is known, with its pending message."""
@@ -383,7 +397,7 @@ def _later(error: BaseException | None) -> bool:
     """Whether an upload that failed with `error` may succeed at a later connection."""
     if isinstance(error, ServerError):
         return error.code in _LATER_CODES
-    return isinstance(error, TransferFailed | ConnectionLost | NotConnected)
+    return isinstance(error, TransferFailed | ConnectionLost | NotConnected | TimeoutError)
 
 
 @dataclass(slots=True)
@@ -460,12 +474,19 @@ def _finish_file(f: BinaryIO, tail: bytes, part: Path, target: Path) -> None:
     part.replace(target)
 
 
-def _remove_orphans(folder: Path, keep: set[str]) -> None:
-    """Delete encrypted copies left by a client that stopped after their message was queued."""
-    if folder.is_dir():
-        for blob in folder.glob("*.blob"):
-            if blob.stem not in keep:
-                _remove(blob, None)
+def _remove_orphans(folder: Path, jobs: set[str], active: set[str]) -> None:
+    """Delete what a client that stopped left behind: encrypted copies of no job, and
+    staged copies (a job needs only its encrypted copy); uploads under way keep theirs."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        mid = entry.name.split(".", 1)[0]
+        if mid in active or (mid in jobs and entry.suffix == ".blob"):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            _remove(entry, None)
 
 
 def _remove(first: Path, second: Path | None) -> None:

@@ -85,6 +85,7 @@ class FileSending(ABC):
             keep_metadata=keep_metadata,
             low_data=low_data,
             progress=progress,
+            timeout=timeout,
         )
         entry = await outbox.queue_media(
             chat, is_group, content, functools.partial(media.posted, mid, content)
