@@ -24,7 +24,7 @@ async def main(profile: Path, number: str, peer: str, path: Path, fraction: floa
     await client.start()
 
     def progress(done: int, total: int) -> None:
-        jobs = client.store.media_jobs() if done >= fraction * total else []
+        jobs = client.store.media_jobs(number) if done >= fraction * total else []
         if jobs and jobs[0].media.media:
             print(f"KILLED {jobs[0].id} {jobs[0].media.media}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)

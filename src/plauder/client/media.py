@@ -210,7 +210,7 @@ class MediaService:
             return
         self._resuming = True
         try:
-            jobs = self._store.media_jobs()
+            jobs = self._store.media_jobs(self._number)
             await asyncio.to_thread(
                 _remove_orphans, self._workdir / "outgoing", {j.id for j in jobs}, set(self._active)
             )
@@ -269,9 +269,7 @@ class MediaService:
             return
         media = job.described()
         with self._store.transaction():
-            self._store.put_media_job(
-                MediaJob(job.id, job.chat[0], job.chat[1], media), self._clock.now_ms()
-            )
+            self._store.put_media_job(job.id, *job.chat, self._clock.now_ms())
             self._store.add_message(
                 id=job.id,
                 chat=job.chat[0],

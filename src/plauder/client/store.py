@@ -34,9 +34,9 @@ CREATE TABLE IF NOT EXISTS pending_receipts (
 CREATE TABLE IF NOT EXISTS media (
     sender TEXT NOT NULL, id TEXT NOT NULL, descriptor BLOB NOT NULL, path TEXT,
     PRIMARY KEY (sender, id));
-CREATE TABLE IF NOT EXISTS media_jobs (
+CREATE TABLE IF NOT EXISTS outgoing_files (
     id TEXT PRIMARY KEY, chat TEXT NOT NULL, is_group INTEGER NOT NULL,
-    descriptor BLOB NOT NULL, created INTEGER NOT NULL);
+    created INTEGER NOT NULL);
 """
 
 STATUS_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3, "failed": -1}
@@ -72,8 +72,8 @@ class OutboxEntry:
 class MediaJob:
     """A file encrypted for sending whose message is not in the outbox yet.
 
-    `media` describes it; its `media` field (the blob id) is empty until the
-    server reserved the blob.
+    `media` describes it (the `media` table's row of our own message); its
+    `media` field (the blob id) is empty until the server reserved the blob.
     """
 
     id: str  # the message id
@@ -345,38 +345,36 @@ class LocalStore:
             (sender, mid, sealed),
         )
 
-    def put_media_job(self, job: "MediaJob", now: int) -> None:
-        """Remember a file to upload and send, or update where its upload stands."""
-        sealed = self.cipher.seal(encode_content(job.media), f"media-job/{job.id}".encode())
+    def put_media_job(self, mid: str, chat: str, is_group: bool, now: int) -> None:
+        """Remember a file to upload and send (its description: `replace_media`)."""
         self._db.execute(
-            "INSERT INTO media_jobs (id, chat, is_group, descriptor, created) "
-            "VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET descriptor = excluded.descriptor",
-            (job.id, job.chat, int(job.is_group), sealed, now),
+            "INSERT INTO outgoing_files (id, chat, is_group, created) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (id) DO NOTHING",
+            (mid, chat, int(is_group), now),
         )
 
-    def media_jobs(self) -> list["MediaJob"]:
-        """Files waiting to be uploaded and sent, oldest first."""
+    def media_jobs(self, sender: str) -> list["MediaJob"]:
+        """Files `sender` (this account) waits to upload and send, oldest first."""
         rows = self._db.execute(
-            "SELECT id, chat, is_group, descriptor FROM media_jobs ORDER BY created, rowid"
+            "SELECT j.id, j.chat, j.is_group, m.descriptor FROM outgoing_files j "
+            "JOIN media m ON m.sender = ? AND m.id = j.id ORDER BY j.created, j.rowid",
+            (sender,),
         ).fetchall()
-        out = []
-        for mid, chat, is_group, sealed in rows:
-            media = decode_content(self.cipher.open(sealed, f"media-job/{mid}".encode()))
-            assert isinstance(media, Media)
-            out.append(MediaJob(mid, chat, bool(is_group), media))
-        return out
+        return [
+            MediaJob(mid, chat, bool(is_group), self._open_media(sender, mid, sealed))
+            for mid, chat, is_group, sealed in rows
+        ]
 
     def queued(self) -> int:
         """How many sends and files wait to go out."""
         row = self._db.execute(
-            "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM media_jobs)"
+            "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM outgoing_files)"
         ).fetchone()
         return int(row[0])
 
     def drop_media_job(self, mid: str) -> None:
         """A file's message is in the outbox now (or the file was given up)."""
-        self._db.execute("DELETE FROM media_jobs WHERE id = ?", (mid,))
+        self._db.execute("DELETE FROM outgoing_files WHERE id = ?", (mid,))
 
     def _open_media(self, sender: str, mid: str, sealed: bytes) -> Media:
         content = decode_content(self.cipher.open(sealed, f"media/{sender}/{mid}".encode()))
